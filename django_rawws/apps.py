@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class RawWSConfig(AppConfig):
+    name = "django_rawws"
+    verbose_name = "django-rawws"
