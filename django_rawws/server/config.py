@@ -1,0 +1,62 @@
+"""Every knob of the server, as plain values.
+
+The server reads no Django settings: ``django_rawws.conf`` turns the
+``RAWWS`` setting into a :class:`ServerConfig`, tests build one directly.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from ..protocol.deflate import DeflateOptions
+
+__all__ = ["ServerConfig", "default_worker_count"]
+
+
+def default_worker_count() -> int:
+    """Four workers per core, at most 32: handlers mostly wait on the database."""
+    return min(32, (os.cpu_count() or 1) * 4)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    #: Threads running application code; also the bound on database
+    #: connections per alias.
+    workers: int = field(default_factory=default_worker_count)
+    #: Open WebSockets and handshakes in progress; past it, 503.
+    max_connections: int = 10_000
+    #: Largest incoming message after decompression, and largest frame.
+    max_message_size: int = 1 << 20
+    max_frame_size: int | None = None
+    #: Request-head limits of the opening handshake.
+    max_request_line: int = 8192
+    max_headers: int = 128
+    max_head: int = 16384
+    #: Seconds a client has to complete its request head.
+    handshake_timeout: float = 10.0
+    #: Seconds without anything received before a ping; seconds to wait for
+    #: its pong. ``None`` disables keepalive.
+    ping_interval: float | None = 20.0
+    ping_timeout: float = 20.0
+    #: Seconds to wait for the peer's close frame after sending ours.
+    close_timeout: float = 10.0
+    #: Seconds to keep reading (and discarding) after an error response or a
+    #: failing close, so the peer reads the status or code before the FIN.
+    linger_timeout: float = 2.0
+    #: Bytes buffered for a slow reader before it is closed with 1008.
+    max_outgoing_buffer: int = 4 << 20
+    #: Messages waiting for a worker per connection before reading pauses.
+    max_pending_messages: int = 16
+    #: permessage-deflate; ``DeflateOptions(enabled=False)`` turns it off.
+    deflate: DeflateOptions = field(default_factory=DeflateOptions)
+    #: Outgoing messages shorter than this go uncompressed.
+    compression_threshold: int = 128
+    #: Plain-HTTP path answered 200 by the I/O thread itself; None disables.
+    health_path: str | None = "/healthz"
+    #: listen() backlog, capped by the system's SOMAXCONN.
+    backlog: int = 4096
+    #: SO_REUSEPORT on the listening socket.
+    reuse_port: bool = False
+    #: Seconds the accept loop pauses after EMFILE/ENFILE.
+    accept_pause: float = 0.5

@@ -1,0 +1,754 @@
+"""One accepted socket on the server: its phases, buffers, timers and inbox.
+
+Threads meet here. The I/O thread reads, parses and writes; workers run the
+application's handlers and call :meth:`~ServerConnection.send`,
+:meth:`~ServerConnection.close`, :meth:`~ServerConnection.accept`. Everything
+mutable is guarded by ``self.lock``, held only for short non-blocking work
+(never while application code runs). Only the I/O thread closes the socket,
+so a file descriptor is never reused under another thread's feet.
+
+Phases::
+
+    HANDSHAKE ──request──▶ DECIDING ──accept()──▶ OPEN ──close()──▶ CLOSING
+        │                     │                     │                  │
+        └──────error──────────┴──reject()───────────┴──────────────────┴──▶ DRAINING ──▶ CLOSED
+
+DRAINING flushes what is buffered, shuts the write side down and reads (and
+discards) until the peer's FIN or the linger deadline: a lingering close, so
+the peer reads our status or close code instead of a reset.
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+import itertools
+import logging
+import socket
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from ..exceptions import Forbidden, HandshakeError, InvalidState, ServiceUnavailable
+from ..protocol.codes import CloseCode
+from ..protocol.connection import Connection, Role
+from ..protocol.deflate import DeflateOptions, PerMessageDeflate
+from ..protocol.events import BinaryMessage, CloseReceived, ConnectionFailed, Pong, TextMessage
+from ..protocol.handshake import (
+    HandshakeRequest,
+    build_accept,
+    build_reject,
+    is_websocket_upgrade,
+    negotiate_extensions,
+    validate_request,
+)
+from ..protocol.http import Request, RequestParser, build_response
+from .poller import READ, WRITE
+
+if TYPE_CHECKING:
+    from .core import Server
+
+__all__ = ["ServerConnection", "Phase", "SharedMessage"]
+
+logger = logging.getLogger("django_rawws.server")
+access_logger = logging.getLogger("django_rawws.access")
+
+_ids = itertools.count(1)
+
+# Inbox item kinds, processed by workers in order.
+_HANDSHAKE = "handshake"
+_MESSAGE = "message"
+_EVENT = "event"
+_CALL = "call"
+_DISCONNECT = "disconnect"
+
+# Items a worker handles before giving other connections a turn.
+_BATCH = 32
+
+
+class Phase(enum.IntEnum):
+    HANDSHAKE = 1
+    DECIDING = 2
+    OPEN = 3
+    CLOSING = 4
+    DRAINING = 5
+    CLOSED = 6
+
+
+class _NotAnUpgrade(HandshakeError):
+    status_code = 426
+    default_reason = "Upgrade Required: this endpoint speaks WebSocket"
+
+    def default_headers(self) -> list[tuple[str, str]]:
+        return [("Upgrade", "websocket")]
+
+
+class ServerConnection:
+    """A client socket from accept() to close, and the handle the application gets.
+
+    The application sees: ``id``, ``remote_address``, ``handshake`` (the
+    validated :class:`HandshakeRequest`), ``subprotocol``, ``accept()``,
+    ``reject()``, ``send()``, ``send_shared()``, ``close()``,
+    ``deliver_event()``, ``call_soon()``, ``buffered_amount`` and the free
+    slot ``app_state``.
+    """
+
+    __slots__ = (
+        "server",
+        "sock",
+        "fd",
+        "id",
+        "remote_address",
+        "lock",
+        "phase",
+        "created",
+        "handshake",
+        "request",
+        "subprotocol",
+        "status",
+        "app_state",
+        "close_code",
+        "bytes_in",
+        "bytes_out",
+        "_parser",
+        "_trailing",
+        "_proto",
+        "_out",
+        "_registered",
+        "_in_poller",
+        "_inbox",
+        "_scheduled",
+        "_read_paused",
+        "_last_received",
+        "_ping_sent_at",
+        "_closing_since",
+        "_drain_since",
+        "_by_us",
+        "_app_called",
+        "_disconnect_queued",
+        "_timer_at",
+        "_over_capacity",
+        "__weakref__",
+    )
+
+    def __init__(self, server: Server, sock: socket.socket, remote_address: Any, *, over_capacity: bool = False) -> None:
+        config = server.config
+        self.server = server
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.id = f"{next(_ids):x}"
+        self.remote_address = remote_address
+        self.lock = threading.Lock()
+        self.phase = Phase.HANDSHAKE
+        self.created = time.monotonic()
+        self.handshake: HandshakeRequest | None = None
+        self.request: Request | None = None
+        self.subprotocol: str | None = None
+        self.status: int | None = None
+        self.app_state: Any = None
+        self.close_code: int | None = None
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self._parser: RequestParser | None = RequestParser(
+            max_line=config.max_request_line, max_headers=config.max_headers, max_head=config.max_head
+        )
+        self._trailing = b""
+        self._proto: Connection | None = None
+        self._out = bytearray()
+        self._registered = 0
+        self._in_poller = False
+        self._inbox: collections.deque[tuple[str, Any]] = collections.deque()
+        self._scheduled = False
+        self._read_paused = False
+        self._last_received = self.created
+        self._ping_sent_at: float | None = None
+        self._closing_since = 0.0
+        self._drain_since = 0.0
+        self._by_us = False
+        self._app_called = False
+        self._disconnect_queued = False
+        self._timer_at: float | None = None
+        self._over_capacity = over_capacity
+
+    def __repr__(self) -> str:
+        return f"<ServerConnection {self.id} {self.phase.name} {self.remote_address}>"
+
+    # ------------------------------------------------------------ the app API
+
+    @property
+    def path(self) -> str:
+        return self.request.path if self.request is not None else ""
+
+    @property
+    def buffered_amount(self) -> int:
+        """Bytes queued for this client and not yet taken by the kernel."""
+        return len(self._out)
+
+    @property
+    def is_open(self) -> bool:
+        return self.phase is Phase.OPEN
+
+    def accept(
+        self,
+        *,
+        subprotocol: str | None = None,
+        headers: list[tuple[str, str]] | tuple[()] = (),
+        deflate: DeflateOptions | None = None,
+        max_message_size: int | None = None,
+    ) -> None:
+        """Answer 101 and open the connection; only during the handshake call.
+
+        ``deflate`` overrides the server's compression options for this
+        connection (``DeflateOptions(enabled=False)`` turns it off);
+        ``max_message_size`` overrides the server's limit.
+
+        Raises:
+            InvalidState: not deciding a handshake, or ``subprotocol`` was
+                not offered by the client.
+        """
+        config = self.server.config
+        with self.lock:
+            if self.phase is not Phase.DECIDING or self.handshake is None:
+                raise InvalidState(f"accept() while the connection is {self.phase.name}")
+            options = deflate if deflate is not None else config.deflate
+            extension_header, params = negotiate_extensions(self.handshake, options if options.enabled else None)
+            response = build_accept(self.handshake, subprotocol=subprotocol, extensions=extension_header, headers=headers)
+            codec = None
+            if params is not None:
+                codec = PerMessageDeflate(
+                    params, is_server=True, mem_level=options.mem_level, compress_level=options.compress_level
+                )
+            limit = max_message_size if max_message_size is not None else config.max_message_size
+            self._proto = Connection(
+                Role.SERVER,
+                max_message_size=limit,
+                max_frame_size=config.max_frame_size if config.max_frame_size is not None else limit,
+                deflate=codec,
+                compression_threshold=config.compression_threshold,
+            )
+            self.subprotocol = subprotocol
+            self.status = 101
+            self.phase = Phase.OPEN
+            self._last_received = time.monotonic()
+            self._write_locked(response)
+            trailing, self._trailing = self._trailing, b""
+            if trailing:
+                self._receive_frames_locked(trailing)
+        self.server.attend(self)
+
+    def reject(self, error: HandshakeError) -> None:
+        """Refuse the handshake with ``error``'s status; only during the handshake call."""
+        with self.lock:
+            if self.phase is not Phase.DECIDING:
+                raise InvalidState(f"reject() while the connection is {self.phase.name}")
+            self._reject_locked(error)
+        self.server.attend(self)
+
+    def send(self, message: str | bytes) -> bool:
+        """Queue a message; never blocks. Return False if the connection is not open.
+
+        Past ``max_outgoing_buffer`` bytes waiting for a slow reader, the
+        connection is failed with 1008 (policy violation).
+        """
+        with self.lock:
+            proto = self._proto
+            if self.phase is not Phase.OPEN or proto is None:
+                return False
+            if isinstance(message, str):
+                proto.send_text(message)
+            else:
+                proto.send_binary(message)
+            self._write_locked(proto.data_to_send())
+        return True
+
+    def send_shared(self, shared: SharedMessage) -> bool:
+        """Queue a message whose frames may be shared with other connections.
+
+        ``shared`` caches the frames built for each encoding class
+        (uncompressed; compressed without context takeover for given zlib
+        parameters), so a broadcast frames a message once per class. A
+        connection that kept context takeover compresses on its own.
+        """
+        with self.lock:
+            proto = self._proto
+            if self.phase is not Phase.OPEN or proto is None:
+                return False
+            key = shared.encoding_class(proto)
+            if key is None:
+                frames = proto.encode_message(shared.message)
+            else:
+                frames = shared.frames.get(key)
+                if frames is None:
+                    frames = shared.frames[key] = proto.encode_message(shared.message)
+            proto.queue_encoded(frames)
+            self._write_locked(proto.data_to_send())
+        return True
+
+    def close(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
+        """Start the closing handshake (or refuse the handshake with 403 while deciding)."""
+        with self.lock:
+            if self.phase is Phase.DECIDING:
+                self._reject_locked(Forbidden())
+            elif self.phase is Phase.OPEN and self._proto is not None:
+                self._proto.send_close(code, reason)
+                self._by_us = True
+                self._closing_since = time.monotonic()
+                self.phase = Phase.CLOSING
+                self._write_locked(self._proto.data_to_send())
+            else:
+                return
+        self.server.attend(self)
+
+    def fail(self, code: int, reason: str = "") -> None:
+        """Close at once with ``code`` (1011 after a handler error, say)."""
+        with self.lock:
+            if self.phase in (Phase.OPEN, Phase.CLOSING) and self._proto is not None:
+                self._proto.fail(code, reason)
+                self._write_locked(self._proto.data_to_send())
+                self._by_us = True
+                if self.close_code is None:
+                    self.close_code = code
+                self._start_draining_locked()
+            else:
+                return
+        self.server.attend(self)
+
+    def deliver_event(self, event: Any) -> bool:
+        """Queue a group event for the application's ``websocket_event`` handler."""
+        return self._enqueue(_EVENT, event)
+
+    def call_soon(self, function: Any) -> bool:
+        """Run ``function()`` on a worker in this connection's turn (after what is queued)."""
+        return self._enqueue(_CALL, function)
+
+    def _enqueue(self, kind: str, value: Any) -> bool:
+        with self.lock:
+            if self.phase is not Phase.OPEN or self._disconnect_queued:
+                return False
+            self._inbox.append((kind, value))
+            self._schedule_locked()
+        return True
+
+    # ------------------------------------------------------- I/O thread only
+
+    def register(self) -> None:
+        if self._over_capacity:
+            with self.lock:
+                self._reject_locked(ServiceUnavailable("Service Unavailable: too many connections"))
+        else:
+            self._set_interest_locked(READ)
+
+    def on_readable(self) -> None:
+        try:
+            data = self.sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        now = time.monotonic()
+        with self.lock:
+            if not data:
+                self._on_eof_locked()
+                return
+            self.bytes_in += len(data)
+            phase = self.phase
+            if phase is Phase.HANDSHAKE:
+                self._receive_head_locked(data)
+            elif phase is Phase.OPEN or phase is Phase.CLOSING:
+                self._last_received = now
+                self._receive_frames_locked(data)
+            elif phase is Phase.DECIDING:
+                # Reading is off while the application decides; a stray wake-up keeps the bytes.
+                self._trailing += data
+            # DRAINING: discard.
+
+    def on_writable(self) -> None:
+        with self.lock:
+            self._flush_locked()
+
+    def on_timer(self, now: float) -> float | None:
+        """Act on the deadline of the current phase; return the next one."""
+        config = self.server.config
+        with self.lock:
+            phase = self.phase
+            if phase is Phase.HANDSHAKE:
+                deadline = self.created + config.handshake_timeout
+                if now >= deadline:
+                    logger.info("handshake timeout from %s", _format_address(self.remote_address))
+                    self.status = 408
+                    self._close_socket_locked()
+                    return None
+                return deadline
+            if phase is Phase.OPEN:
+                if config.ping_interval is None or self._read_paused:
+                    return None
+                if self._ping_sent_at is not None:
+                    deadline = self._ping_sent_at + config.ping_timeout
+                    if now >= deadline:
+                        logger.info("keepalive timeout for %s", _format_address(self.remote_address))
+                        self._proto.fail(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")  # type: ignore[union-attr]
+                        self._write_locked(self._proto.data_to_send())  # type: ignore[union-attr]
+                        self.close_code = CloseCode.ABNORMAL_CLOSURE
+                        self._start_draining_locked()
+                        return self._drain_since + config.linger_timeout
+                    return deadline
+                deadline = self._last_received + config.ping_interval
+                if now >= deadline:
+                    self._proto.send_ping(b"")  # type: ignore[union-attr]
+                    self._write_locked(self._proto.data_to_send())  # type: ignore[union-attr]
+                    self._ping_sent_at = now
+                    return now + config.ping_timeout
+                return deadline
+            if phase is Phase.CLOSING:
+                deadline = self._closing_since + config.close_timeout
+                if now >= deadline:
+                    if self.close_code is None:
+                        self.close_code = CloseCode.ABNORMAL_CLOSURE
+                    self._start_draining_locked()
+                    return self._drain_since + config.linger_timeout
+                return deadline
+            if phase is Phase.DRAINING:
+                deadline = self._drain_since + config.linger_timeout
+                if now >= deadline:
+                    self._close_socket_locked()
+                    return None
+                return deadline
+            return None
+
+    def reconcile(self) -> float | None:
+        """Bring socket interest in line with the phase; return the next deadline."""
+        with self.lock:
+            if self.phase is Phase.CLOSED:
+                return None
+            if self.phase is Phase.DRAINING and not self._out:
+                self._shutdown_write_locked()
+            self._update_interest_locked()
+        return self.on_timer(time.monotonic())
+
+    def begin_shutdown(self, code: int) -> None:
+        """Shutdown step for this connection: 503 while handshaking, ``code`` when open."""
+        with self.lock:
+            if self.phase is Phase.HANDSHAKE:
+                self._reject_locked(ServiceUnavailable("Service Unavailable: the server is shutting down"))
+            elif self.phase is Phase.OPEN and self._proto is not None:
+                self._proto.send_close(code)
+                self._by_us = True
+                self.close_code = code
+                self._closing_since = time.monotonic()
+                self.phase = Phase.CLOSING
+                self._write_locked(self._proto.data_to_send())
+                if self._read_paused:
+                    self._read_paused = False
+
+    def pause_reading_for_shutdown(self) -> None:
+        with self.lock:
+            if self.phase is Phase.OPEN:
+                self._read_paused = True
+                self._update_interest_locked()
+
+    def abort(self, code: int) -> None:
+        """Close the socket now (end of shutdown); queue disconnect if due."""
+        with self.lock:
+            if self.phase is not Phase.CLOSED:
+                if self.close_code is None or self.phase in (Phase.OPEN, Phase.CLOSING):
+                    self.close_code = code
+                self._close_socket_locked()
+
+    # --------------------------------------------------------------- internals
+
+    def _receive_head_locked(self, data: bytes) -> None:
+        assert self._parser is not None
+        try:
+            request = self._parser.feed(data)
+            if request is None:
+                return
+            self.request = request
+            self._trailing = self._parser.trailing
+            self._parser = None
+            if not is_websocket_upgrade(request):
+                self._answer_plain_http_locked(request)
+                return
+            handshake = validate_request(request)
+        except HandshakeError as error:
+            self._reject_locked(error)
+            return
+        if self.server.shutting_down:
+            self._reject_locked(ServiceUnavailable("Service Unavailable: the server is shutting down"))
+            return
+        self.handshake = handshake
+        self.phase = Phase.DECIDING
+        self._app_called = True
+        self.server.handshake_started()
+        self._update_interest_locked()
+        self._inbox.append((_HANDSHAKE, None))
+        self._schedule_locked()
+
+    def _answer_plain_http_locked(self, request: Request) -> None:
+        health = self.server.config.health_path
+        if health is not None and request.path == health and request.method in ("GET", "HEAD"):
+            body = b"" if request.method == "HEAD" else b"ok\n"
+            response = build_response(
+                200,
+                [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", "3"), ("Connection", "close")],
+                body,
+            )
+            self.status = 200
+            self._write_locked(response)
+            self._start_draining_locked()
+            return
+        self._reject_locked(_NotAnUpgrade())
+
+    def _reject_locked(self, error: HandshakeError) -> None:
+        self.status = error.status_code
+        self._write_locked(build_reject(error))
+        self._start_draining_locked()
+
+    def _receive_frames_locked(self, data: bytes) -> None:
+        proto = self._proto
+        assert proto is not None
+        events = proto.receive_data(data)
+        out = proto.data_to_send()
+        if out:
+            self._write_locked(out)
+        if not events:
+            return
+        inbox = self._inbox
+        by_us = self._by_us
+        for event in events:
+            kind = type(event)
+            if kind is TextMessage:
+                if not by_us:
+                    inbox.append((_MESSAGE, event.text))  # type: ignore[attr-defined]
+            elif kind is BinaryMessage:
+                if not by_us:
+                    inbox.append((_MESSAGE, event.data))  # type: ignore[attr-defined]
+            elif kind is Pong:
+                self._ping_sent_at = None
+            elif kind is CloseReceived:
+                if self.close_code is None:
+                    self.close_code = event.code  # type: ignore[attr-defined]
+                self._start_draining_locked()
+            elif kind is ConnectionFailed:
+                if self.close_code is None:
+                    self.close_code = event.code  # type: ignore[attr-defined]
+                logger.info(
+                    "closing %s with %d: %s", _format_address(self.remote_address), event.code, event.reason  # type: ignore[attr-defined]
+                )
+                self._start_draining_locked()
+        if inbox:
+            self._schedule_locked()
+            if len(inbox) >= self.server.config.max_pending_messages and self.phase is Phase.OPEN:
+                self._read_paused = True
+                self._update_interest_locked()
+
+    def _on_eof_locked(self) -> None:
+        if self.phase in (Phase.OPEN, Phase.CLOSING):
+            if self._proto is not None:
+                self._proto.receive_eof()
+            if self.close_code is None:
+                self.close_code = CloseCode.ABNORMAL_CLOSURE
+        self._close_socket_locked()
+
+    def _start_draining_locked(self) -> None:
+        """Enter the lingering close: flush, shut the write side, read until FIN or deadline."""
+        if self.phase is Phase.DRAINING or self.phase is Phase.CLOSED:
+            return
+        self.phase = Phase.DRAINING
+        self._drain_since = time.monotonic()
+        self._read_paused = False
+        self._queue_disconnect_locked()
+        if not self._out:
+            self._shutdown_write_locked()
+        self._update_interest_locked()
+        self.server.attend_locked(self)
+
+    def _shutdown_write_locked(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def _close_socket_locked(self) -> None:
+        if self.phase is Phase.CLOSED:
+            return
+        self.phase = Phase.CLOSED
+        self._queue_disconnect_locked()
+        if self._in_poller:
+            self.server.poller.unregister(self.fd)
+            self._in_poller = False
+            self._registered = 0
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        self._out = bytearray()
+        self._proto = None
+        self.server.forget(self)
+
+    def _queue_disconnect_locked(self) -> None:
+        if self._app_called and not self._disconnect_queued:
+            self._disconnect_queued = True
+            code = self.close_code if self.close_code is not None else CloseCode.ABNORMAL_CLOSURE
+            self._inbox.append((_DISCONNECT, code))
+            self._schedule_locked()
+
+    def _write_locked(self, data: bytes) -> None:
+        if not data or self.phase is Phase.CLOSED:
+            return
+        if not self._out:
+            try:
+                sent = self.sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                # The peer is gone; the read side will see EOF or an error.
+                self._out = bytearray()
+                return
+            self.bytes_out += sent
+            if sent == len(data):
+                return
+            self._out += memoryview(data)[sent:]
+            self._update_interest_locked()
+        else:
+            self._out += data
+        if len(self._out) > self.server.config.max_outgoing_buffer and self.phase is Phase.OPEN:
+            logger.warning(
+                "closing %s: %d bytes waiting for a client that does not read",
+                _format_address(self.remote_address),
+                len(self._out),
+            )
+            assert self._proto is not None
+            self._proto.fail(CloseCode.POLICY_VIOLATION, "outgoing buffer full")
+            self._out += self._proto.data_to_send()
+            self.close_code = CloseCode.POLICY_VIOLATION
+            self._by_us = True
+            self._start_draining_locked()
+
+    def _flush_locked(self) -> None:
+        if self._out and self.phase is not Phase.CLOSED:
+            try:
+                sent = self.sock.send(self._out)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                self._out = bytearray()
+                sent = 0
+            self.bytes_out += sent
+            del self._out[:sent]
+        if not self._out:
+            if self.phase is Phase.DRAINING:
+                self._shutdown_write_locked()
+            self._update_interest_locked()
+
+    def _update_interest_locked(self) -> None:
+        if self.phase is Phase.CLOSED:
+            return
+        interest = 0
+        if self._out:
+            interest |= WRITE
+        if self.phase is Phase.DRAINING or not (self.phase is Phase.DECIDING or self._read_paused):
+            interest |= READ
+        self._set_interest_locked(interest)
+
+    def _set_interest_locked(self, interest: int) -> None:
+        if interest == self._registered:
+            return
+        poller = self.server.poller
+        try:
+            if self._in_poller:
+                poller.modify(self.fd, interest)
+            else:
+                poller.register(self.fd, interest)
+                self._in_poller = True
+        except (OSError, ValueError):
+            logger.debug("could not watch %s for %d", self, interest, exc_info=True)
+            return
+        self._registered = interest
+
+    def _schedule_locked(self) -> None:
+        if not self._scheduled and self._inbox:
+            self._scheduled = True
+            self.server.pool.submit(self._process)
+
+    # ---------------------------------------------------------- worker side
+
+    def _process(self) -> None:
+        """Handle this connection's queued items in order, a batch at a time."""
+        app = self.server.app
+        low_water = self.server.config.max_pending_messages // 2
+        for _ in range(_BATCH):
+            resumed = False
+            with self.lock:
+                if not self._inbox:
+                    self._scheduled = False
+                    return
+                kind, value = self._inbox.popleft()
+                if self._read_paused and len(self._inbox) <= low_water and self.phase is Phase.OPEN:
+                    # Time paused by our own backpressure never counts against keepalive.
+                    self._read_paused = False
+                    self._last_received = time.monotonic()
+                    self._ping_sent_at = None
+                    self._update_interest_locked()
+                    resumed = True
+            if resumed:
+                self.server.attend(self)
+            if kind == _MESSAGE:
+                app.websocket_message(self, value)
+            elif kind == _EVENT:
+                app.websocket_event(self, value)
+            elif kind == _CALL:
+                value()
+            elif kind == _HANDSHAKE:
+                self._run_handshake(app)
+            else:
+                app.websocket_disconnect(self, value)
+                self.server.disconnected(self)
+        with self.lock:
+            self._scheduled = False
+            self._schedule_locked()
+
+    def _run_handshake(self, app: Any) -> None:
+        try:
+            app.websocket_handshake(self, self.handshake)
+        except HandshakeError as error:
+            with self.lock:
+                if self.phase is Phase.DECIDING:
+                    self._reject_locked(error)
+        except Exception:
+            logger.exception("error while deciding the handshake of %s", self.path)
+            with self.lock:
+                if self.phase is Phase.DECIDING:
+                    error = HandshakeError("Internal Server Error")
+                    error.status_code = 500
+                    self._reject_locked(error)
+        with self.lock:
+            if self.phase is Phase.DECIDING:
+                self._reject_locked(Forbidden())
+        self.server.attend(self)
+
+
+class SharedMessage:
+    """One message on its way to many connections, with its frames per encoding class."""
+
+    __slots__ = ("message", "size", "frames")
+
+    def __init__(self, message: str | bytes) -> None:
+        self.message = message
+        self.size = len(message.encode("utf-8")) if isinstance(message, str) else len(message)
+        self.frames: dict[Any, bytes] = {}
+
+    def encoding_class(self, proto: Connection) -> Any:
+        """The key under which ``proto``'s frames for this message can be shared, or None."""
+        codec = proto._deflate
+        if codec is None or self.size < proto.compression_threshold:
+            return "plain"
+        if codec.shareable:  # type: ignore[attr-defined]
+            return codec.encoding_key  # type: ignore[attr-defined]
+        return None
+
+
+def _format_address(address: Any) -> str:
+    if isinstance(address, tuple) and len(address) >= 2:
+        host = address[0]
+        return f"[{host}]:{address[1]}" if ":" in host else f"{host}:{address[1]}"
+    return str(address)

@@ -1,0 +1,390 @@
+"""The server: a listening socket, one I/O thread, a pool of workers.
+
+The I/O thread never runs application code. It accepts, reads, parses,
+answers pings, runs the timers (handshake deadline, keepalive, close timeout,
+lingering close) and writes what the kernel would not take at once, so all
+of that goes on while every worker is busy. Workers run the application's
+handlers, one connection's items at a time and in order; their ``send()``
+writes straight to the socket when it has room.
+
+The application is any object with these methods, all called on workers::
+
+    websocket_handshake(conn, handshake)   # must conn.accept() or conn.reject()
+    websocket_message(conn, text_or_bytes)
+    websocket_event(conn, event)           # what conn.deliver_event() queued
+    websocket_disconnect(conn, code)       # exactly once per handshake call
+    worker_exit()                          # in each worker thread as it stops
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import heapq
+import itertools
+import logging
+import socket
+import threading
+import time
+from typing import Any
+
+from ..protocol.codes import CloseCode
+from .config import ServerConfig
+from .connection import Phase, ServerConnection, _format_address
+from .poller import READ, Poller
+from .workers import WorkerPool
+
+__all__ = ["Server"]
+
+logger = logging.getLogger("django_rawws.server")
+access_logger = logging.getLogger("django_rawws.access")
+
+_ACCEPT_ERRNOS_FD = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+
+
+class Server:
+    """Serve WebSockets for ``app`` on ``host:port`` (port 0 picks a free one).
+
+    ``start()`` binds and starts the threads and returns at once;
+    ``address`` is then the bound address. ``stop(grace)`` shuts down in
+    order and returns whether every handler finished within the grace.
+    Signal handling belongs to the caller (the ``runws`` command).
+    """
+
+    def __init__(
+        self,
+        app: Any,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        config: ServerConfig | None = None,
+        *,
+        sock: socket.socket | None = None,
+    ) -> None:
+        self.app = app
+        self.host = host
+        self.port = port
+        self.config = config or ServerConfig()
+        self.poller = Poller()
+        self.pool = WorkerPool(self.config.workers, on_thread_exit=getattr(app, "worker_exit", None))
+        self.shutting_down = False
+        self._listener = sock
+        self._connections: dict[int, ServerConnection] = {}
+        self._open_count = 0
+        self._count_lock = threading.Lock()
+        self._all_disconnected = threading.Condition(self._count_lock)
+        self._pending_disconnects = 0
+        self._attention: collections.deque[ServerConnection] = collections.deque()
+        self._commands: collections.deque[Any] = collections.deque()
+        self._timers: list[tuple[float, int, ServerConnection]] = []
+        self._timer_seq = itertools.count()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._woken = False
+        self._io_thread: threading.Thread | None = None
+        self._running = False
+        self._accept_paused_until = 0.0
+        self._emfile_logged = False
+        self._stopped = threading.Event()
+        self._connections_changed = threading.Condition()
+
+    # ------------------------------------------------------------- lifecycle
+
+    @property
+    def address(self) -> tuple[str, int]:
+        assert self._listener is not None, "start() the server first"
+        return self._listener.getsockname()[:2]
+
+    @property
+    def connection_count(self) -> int:
+        return len(self._connections)
+
+    def start(self) -> None:
+        if self._listener is None:
+            self._listener = self._bind()
+        self._listener.setblocking(False)
+        self.poller.register(self._listener.fileno(), READ)
+        self.poller.register(self._wake_r.fileno(), READ)
+        self.pool.start()
+        self._running = True
+        self._io_thread = threading.Thread(target=self._io_loop, name="rawws-io", daemon=True)
+        self._io_thread.start()
+        logger.info("listening on %s", _format_address(self.address))
+
+    def _bind(self) -> socket.socket:
+        infos = socket.getaddrinfo(self.host or None, self.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, socktype, proto, _, sockaddr = infos[0]
+        sock = socket.socket(family, socktype, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if self.config.reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(sockaddr)
+            sock.listen(min(self.config.backlog, socket.SOMAXCONN))
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def stop(self, grace: float = 10.0, *, close_code: int = CloseCode.GOING_AWAY) -> bool:
+        """Shut down in order; return False if handlers were still running after ``grace``.
+
+        1. stop accepting; answer handshakes in progress with 503;
+        2. stop reading, and let the items already read and the handlers in
+           flight finish (up to ``grace``);
+        3. send ``close_code`` (1001; 1012 before a reload) to every open
+           connection and wait for the replies (``close_timeout``);
+        4. run ``disconnect()`` for every connection, then stop the workers
+           (each closes its database connections) and the I/O thread.
+        """
+        if not self._running:
+            return True
+        start = time.monotonic()
+        config = self.config
+        self.shutting_down = True
+        self._call_in_io(self._stop_accepting)
+        self._call_in_io(lambda: self._each_connection(lambda conn: conn.pause_reading_for_shutdown()))
+        self._call_in_io(lambda: self._each_connection(lambda conn: conn.begin_shutdown(close_code), only_handshakes=True))
+        clean = self.pool.wait_idle(grace)
+        self._call_in_io(lambda: self._each_connection(lambda conn: conn.begin_shutdown(close_code)))
+        with self._connections_changed:
+            self._connections_changed.wait_for(lambda: not self._connections, config.close_timeout)
+        self._call_in_io(lambda: self._each_connection(lambda conn: conn.abort(close_code)))
+        remaining = max(1.0, grace - (time.monotonic() - start))
+        clean = self._wait_disconnects(remaining) and clean
+        clean = self.pool.wait_idle(max(1.0, grace - (time.monotonic() - start))) and clean
+        if not clean:
+            for stack in self.pool.running_stacks():
+                logger.error("handler still running after the %.1fs grace: %s", grace, stack)
+        self._running = False
+        self._wake()
+        if self._io_thread is not None:
+            self._io_thread.join(5.0)
+        joined = self.pool.stop(timeout=1.0 if not clean else 5.0)
+        self.poller.close()
+        self._wake_r.close()
+        self._wake_w.close()
+        self._stopped.set()
+        logger.info("server stopped%s", "" if clean else " with handlers still running")
+        return clean and joined
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the server has stopped."""
+        return self._stopped.wait(timeout)
+
+    # ----------------------------------------------- called from connections
+
+    def attend(self, conn: ServerConnection) -> None:
+        """Ask the I/O thread to reconcile ``conn`` (interest, timers, closing)."""
+        self._attention.append(conn)
+        self._wake()
+
+    attend_locked = attend
+
+    def forget(self, conn: ServerConnection) -> None:
+        """The socket of ``conn`` was closed (I/O thread): drop it, write the access line."""
+        if self._connections.get(conn.fd) is conn:
+            del self._connections[conn.fd]
+            if self.shutting_down:
+                with self._connections_changed:
+                    self._connections_changed.notify_all()
+        if conn.request is not None or conn.status is not None:
+            duration = time.monotonic() - conn.created
+            access_logger.info(
+                '%s "%s" %s %s %.3fs in=%d out=%d',
+                _format_address(conn.remote_address),
+                conn.request.target if conn.request is not None else "-",
+                conn.status if conn.status is not None else "-",
+                conn.close_code if conn.status == 101 and conn.close_code is not None else "-",
+                duration,
+                conn.bytes_in,
+                conn.bytes_out,
+                extra={"connection_id": conn.id, "status_code": conn.status, "close_code": conn.close_code},
+            )
+
+    def disconnected(self, conn: ServerConnection) -> None:
+        """The application's disconnect handler ran for ``conn`` (a worker)."""
+        with self._all_disconnected:
+            self._pending_disconnects -= 1
+            if self._pending_disconnects <= 0:
+                self._all_disconnected.notify_all()
+
+    def connections(self) -> list[ServerConnection]:
+        """A snapshot of the connections (any thread)."""
+        return list(self._connections.values())
+
+    # -------------------------------------------------------------- internals
+
+    def _wake(self) -> None:
+        if not self._woken:
+            self._woken = True
+            try:
+                self._wake_w.send(b"\0")
+            except (BlockingIOError, OSError):
+                pass
+
+    def _call_in_io(self, function: Any) -> None:
+        """Run ``function`` on the I/O thread and wait for it."""
+        if threading.current_thread() is self._io_thread:
+            function()
+            return
+        done = threading.Event()
+
+        def command() -> None:
+            try:
+                function()
+            finally:
+                done.set()
+
+        self._commands.append(command)
+        self._wake()
+        done.wait(10.0)
+
+    def _wait_disconnects(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        with self._all_disconnected:
+            while self._pending_disconnects > 0:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._all_disconnected.wait(remaining)
+        return True
+
+    def _each_connection(self, action: Any, *, only_handshakes: bool = False) -> None:
+        for conn in list(self._connections.values()):
+            if only_handshakes and conn.phase is not Phase.HANDSHAKE:
+                continue
+            action(conn)
+            self._reconcile(conn)
+
+    def _stop_accepting(self) -> None:
+        if self._listener is not None:
+            self.poller.unregister(self._listener.fileno())
+            self._listener.close()
+
+    def _io_loop(self) -> None:
+        poller = self.poller
+        listen_fd = self._listener.fileno() if self._listener is not None else -1
+        wake_fd = self._wake_r.fileno()
+        connections = self._connections
+        try:
+            while self._running:
+                timeout = None
+                if self._timers:
+                    timeout = max(0.0, self._timers[0][0] - time.monotonic())
+                if self._accept_paused_until:
+                    pause = max(0.0, self._accept_paused_until - time.monotonic())
+                    timeout = pause if timeout is None else min(timeout, pause)
+                for fd, events in poller.poll(timeout):
+                    if fd == listen_fd:
+                        self._accept()
+                    elif fd == wake_fd:
+                        self._drain_wake()
+                    else:
+                        conn = connections.get(fd)
+                        if conn is None:
+                            continue
+                        if events & READ:
+                            conn.on_readable()
+                        if events & ~READ and conn.phase is not Phase.CLOSED:
+                            conn.on_writable()
+                self._run_attention()
+                self._run_commands()
+                self._run_timers()
+                if self._accept_paused_until and time.monotonic() >= self._accept_paused_until:
+                    self._resume_accepting()
+        except Exception:
+            logger.exception("the I/O thread failed")
+            raise
+
+    def _drain_wake(self) -> None:
+        self._woken = False
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+
+    def _run_attention(self) -> None:
+        attention = self._attention
+        while attention:
+            self._reconcile(attention.popleft())
+
+    def _run_commands(self) -> None:
+        commands = self._commands
+        while commands:
+            commands.popleft()()
+
+    def _reconcile(self, conn: ServerConnection) -> None:
+        if conn.phase is Phase.CLOSED:
+            return
+        self._set_timer(conn, conn.reconcile())
+
+    def _set_timer(self, conn: ServerConnection, deadline: float | None) -> None:
+        if deadline is None:
+            return
+        if conn._timer_at is not None and conn._timer_at <= deadline:
+            return
+        conn._timer_at = deadline
+        heapq.heappush(self._timers, (deadline, next(self._timer_seq), conn))
+
+    def _run_timers(self) -> None:
+        timers = self._timers
+        now = time.monotonic()
+        while timers and timers[0][0] <= now:
+            deadline, _, conn = heapq.heappop(timers)
+            if conn._timer_at != deadline:
+                continue  # superseded by an earlier deadline
+            conn._timer_at = None
+            if conn.phase is Phase.CLOSED:
+                continue
+            self._set_timer(conn, conn.on_timer(now))
+
+    def _accept(self) -> None:
+        listener = self._listener
+        assert listener is not None
+        config = self.config
+        while True:
+            try:
+                sock, address = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in _ACCEPT_ERRNOS_FD:
+                    self._pause_accepting(exc)
+                    return
+                if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
+                    continue
+                raise
+            sock.setblocking(False)
+            if sock.family in (socket.AF_INET, socket.AF_INET6):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            over = self.shutting_down or len(self._connections) >= config.max_connections
+            conn = ServerConnection(self, sock, address, over_capacity=over)
+            self._connections[conn.fd] = conn
+            conn.register()
+            self._reconcile(conn)
+
+    def _pause_accepting(self, exc: OSError) -> None:
+        if not self._emfile_logged:
+            logger.error(
+                "accept() failed (%s): pausing new connections for %.1fs; raise the open-files limit (ulimit -n)",
+                exc,
+                self.config.accept_pause,
+            )
+            self._emfile_logged = True
+        if self._listener is not None:
+            self.poller.unregister(self._listener.fileno())
+        self._accept_paused_until = time.monotonic() + self.config.accept_pause
+
+    def _resume_accepting(self) -> None:
+        self._accept_paused_until = 0.0
+        if self._listener is not None and not self.shutting_down:
+            self.poller.register(self._listener.fileno(), READ)
+
+    def handshake_started(self) -> None:
+        """A handshake went to the application: one disconnect() is now due."""
+        with self._all_disconnected:
+            self._pending_disconnects += 1

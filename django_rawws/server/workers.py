@@ -1,0 +1,119 @@
+"""A fixed pool of named worker threads that run application code.
+
+The pool is the bound on concurrency, and so on database connections: a
+thread keeps its own connections, as Django's request threads do. Idle
+workers wait on a ``SimpleQueue`` (implemented in C, one futex per wake-up).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+
+logger = logging.getLogger("django_rawws.server")
+
+__all__ = ["WorkerPool"]
+
+
+class WorkerPool:
+    def __init__(
+        self,
+        size: int,
+        *,
+        name: str = "rawws-worker",
+        on_thread_exit: Callable[[], None] | None = None,
+    ) -> None:
+        if size < 1:
+            raise ValueError("a worker pool needs at least one thread")
+        self.size = size
+        self._name = name
+        self._on_thread_exit = on_thread_exit
+        self._tasks: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+        self._busy: dict[int, float] = {}  # thread ident -> when its current task started
+        self._idle = threading.Condition(self._lock)
+        self._pending = 0
+
+    def start(self) -> None:
+        for index in range(self.size):
+            thread = threading.Thread(target=self._run, name=f"{self._name}-{index}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def submit(self, task: Callable[[], None]) -> None:
+        with self._lock:
+            self._pending += 1
+        self._tasks.put(task)
+
+    @property
+    def busy_count(self) -> int:
+        return len(self._busy)
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no task is queued or running; return whether that happened."""
+        deadline = time.monotonic() + timeout
+        with self._idle:
+            while self._pending:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._idle.wait(remaining)
+        return True
+
+    def running_stacks(self) -> list[str]:
+        """Stacks of the workers busy right now, for the shutdown log."""
+        frames = sys._current_frames()
+        stacks = []
+        with self._lock:
+            busy = dict(self._busy)
+        for thread in self._threads:
+            if thread.ident in busy and thread.ident in frames:
+                since = time.monotonic() - busy[thread.ident]
+                stack = "".join(traceback.format_stack(frames[thread.ident]))
+                stacks.append(f"{thread.name} (busy for {since:.1f}s):\n{stack}")
+        return stacks
+
+    def stop(self, timeout: float) -> bool:
+        """Ask every thread to exit after its current task; join them."""
+        for _ in self._threads:
+            self._tasks.put(None)
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        alive = [thread.name for thread in self._threads if thread.is_alive()]
+        if alive:
+            logger.error("worker threads still running at exit: %s", ", ".join(alive))
+        return not alive
+
+    def _run(self) -> None:
+        ident = threading.get_ident()
+        tasks = self._tasks
+        try:
+            while True:
+                task = tasks.get()
+                if task is None:
+                    return
+                with self._lock:
+                    self._busy[ident] = time.monotonic()
+                try:
+                    task()
+                except Exception:  # the task's own error handling failed
+                    logger.exception("unhandled error in a worker task")
+                finally:
+                    with self._idle:
+                        del self._busy[ident]
+                        self._pending -= 1
+                        if not self._pending:
+                            self._idle.notify_all()
+        finally:
+            if self._on_thread_exit is not None:
+                try:
+                    self._on_thread_exit()
+                except Exception:
+                    logger.exception("error while a worker thread exited")
