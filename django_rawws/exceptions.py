@@ -3,8 +3,9 @@
 Each class carries what it means on the wire: a handshake failure carries the
 HTTP status the client receives, a protocol failure the close code the
 connection is failed with. The mapping to bytes lives in one place per
-direction (``protocol.handshake.reject_for`` and ``Connection.fail_for``), so
-nothing else needs to know the numbers::
+direction (``protocol.handshake.build_reject`` for statuses, the failure path of
+``protocol.connection.Connection`` for close codes), so nothing else needs to
+know the numbers::
 
     RawWSError
     ├── HandshakeError                 HTTP status, default 400
@@ -138,7 +139,12 @@ class ServiceUnavailable(TooManyRequests):
 
 
 class InvalidResponse(RawWSError):
-    """The client role received a handshake response it must refuse."""
+    """The client role received a handshake response it must refuse.
+
+    ``response`` is the parsed response when there was one to parse.
+    """
+
+    response: object | None = None
 
 
 class ProtocolError(RawWSError):

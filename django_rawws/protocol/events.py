@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 __all__ = ["Event", "TextMessage", "BinaryMessage", "Ping", "Pong", "CloseReceived", "ConnectionFailed"]
 
@@ -64,4 +64,4 @@ class ConnectionFailed(Event):
 
     code: int
     reason: str
-    error: Exception
+    error: Exception = field(compare=False)

@@ -72,6 +72,9 @@ def encode_close_payload(code: int | None, reason: str = "") -> bytes:
         if reason:
             raise ValueError("a close reason needs a status code")
         return b""
+    if not is_valid_received_close_code(code):
+        # 1004-1006, 1015 and unregistered ranges never go on the wire (§7.4).
+        raise ValueError(f"close code {code} may not be sent")
     encoded = reason.encode("utf-8")
     if len(encoded) > MAX_CONTROL_PAYLOAD - 2:
         raise ValueError("a close reason is at most 123 bytes of UTF-8")

@@ -512,7 +512,7 @@ class ClientHandshake:
         try:
             return self._check(response)
         except InvalidResponse as exc:
-            exc.response = response  # type: ignore[attr-defined]
+            exc.response = response
             raise
 
     @property

@@ -28,16 +28,16 @@ __all__ = [
     "RSV1",
     "RSV2",
     "RSV3",
-    "xor_mask",
-    "frame",
-    "masked_frame",
-    "unmasked_frame",
+    "Outcome",
+    "assert_failed",
     "close_payload",
     "comparable",
-    "Outcome",
     "feed_all_ways",
+    "frame",
+    "masked_frame",
     "receive",
-    "assert_failed",
+    "unmasked_frame",
+    "xor_mask",
 ]
 
 #: The masking key the tests use unless a vector dictates another.
@@ -164,7 +164,9 @@ def _feed(conn_factory: Callable[[], Connection], chunks: list[bytes]) -> Outcom
         events += conn.receive_data(chunk)
         sent.append(conn.data_to_send())
         held = conn.buffered_bytes
-        assert held <= bound, f"parser holds {held} bytes, over max_message_size + MAX_UNPARSED_INPUT = {bound}"
+        assert held <= bound, (
+            f"parser holds {held} bytes, over max_message_size + MAX_UNPARSED_INPUT = {bound}"
+        )
         max_buffered = max(max_buffered, held)
     return Outcome(events, b"".join(sent), conn.close_expected(), conn.state, max_buffered, conn)
 

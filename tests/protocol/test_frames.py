@@ -104,7 +104,9 @@ class TestHeaderBits:
         ("fin", "rsv1", "first_byte"),
         [(True, False, 0x81), (False, False, 0x01), (True, True, 0xC1), (False, True, 0x41)],
     )
-    def test_fin_and_rsv1_set_the_two_high_bits_of_the_first_byte(self, fin: bool, rsv1: bool, first_byte: int) -> None:
+    def test_fin_and_rsv1_set_the_two_high_bits_of_the_first_byte(
+        self, fin: bool, rsv1: bool, first_byte: int
+    ) -> None:
         assert encode_frame(TEXT, b"x", fin=fin, rsv1=rsv1)[0] == first_byte
 
     @pytest.mark.parametrize("opcode", list(Opcode))
@@ -115,7 +117,9 @@ class TestHeaderBits:
     @pytest.mark.parametrize("rsv1", [True, False])
     @pytest.mark.parametrize("mask", [None, FIXED_MASK, RFC_MASK], ids=["unmasked", "fixed", "rfc"])
     @pytest.mark.parametrize("size", [0, 3, 126, 70000])
-    def test_encode_frame_matches_the_hand_built_frame(self, fin: bool, rsv1: bool, mask: bytes | None, size: int) -> None:
+    def test_encode_frame_matches_the_hand_built_frame(
+        self, fin: bool, rsv1: bool, mask: bytes | None, size: int
+    ) -> None:
         payload = payload_of(size)
         expected = frame(TEXT, payload, fin=fin, rsv=RSV1 if rsv1 else 0, mask=mask)
         assert encode_frame(TEXT, payload, fin=fin, rsv1=rsv1, mask=mask) == expected
@@ -139,6 +143,11 @@ class TestEncodeClosePayload:
     @pytest.mark.parametrize("code", [None, CloseCode.NO_STATUS_RCVD])
     def test_no_status_code_gives_an_empty_payload(self, code: int | None) -> None:
         assert encode_close_payload(code) == b""
+
+    @pytest.mark.parametrize("code", [0, 999, 1004, 1006, 1015, 1016, 2999, 5000])
+    def test_codes_that_never_go_on_the_wire_raise_value_error(self, code: int) -> None:
+        with pytest.raises(ValueError, match="may not be sent"):
+            encode_close_payload(code)
 
     @pytest.mark.parametrize("code", [None, CloseCode.NO_STATUS_RCVD])
     def test_reason_without_a_status_code_raises_value_error(self, code: int | None) -> None:

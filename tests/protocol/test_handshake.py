@@ -852,7 +852,7 @@ def test_client_fails_on_a_malformed_response_without_a_response_attribute() -> 
     client = ClientHandshake("h", key=RFC_KEY)
     with pytest.raises(InvalidResponse, match="malformed status line") as info:
         client.receive_data(b"HTTP/1.1 ok\r\n\r\n")
-    assert not hasattr(info.value, "response")
+    assert info.value.response is None
     with pytest.raises(InvalidState):
         client.receive_data(b"")
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from django_rawws.protocol import masking
@@ -87,7 +89,9 @@ class TestRotateMask:
 
     @pytest.mark.parametrize("offset", range(8))
     @pytest.mark.parametrize("size", [0, 1, 9, 40, CROSSOVER + 7])
-    def test_unmasking_a_slice_at_offset_with_the_rotated_mask_matches_the_whole(self, offset: int, size: int) -> None:
+    def test_unmasking_a_slice_at_offset_with_the_rotated_mask_matches_the_whole(
+        self, offset: int, size: int
+    ) -> None:
         data = payload_of(offset + size)
         whole = xor_mask(data, RFC_MASK)
         assert apply_mask(data[offset:], rotate_mask(RFC_MASK, offset)) == whole[offset:]
@@ -96,6 +100,7 @@ class TestRotateMask:
         data = payload_of(CROSSOVER * 2 + 11)
         cuts = [0, 1, 2, 5, 13, 100, CROSSOVER - 3, CROSSOVER + 6, 2 * CROSSOVER + 10, len(data)]
         pieces = [
-            apply_mask(data[start:stop], rotate_mask(FIXED_MASK, start)) for start, stop in zip(cuts, cuts[1:])
+            apply_mask(data[start:stop], rotate_mask(FIXED_MASK, start))
+            for start, stop in itertools.pairwise(cuts)
         ]
         assert b"".join(pieces) == xor_mask(data, FIXED_MASK)
