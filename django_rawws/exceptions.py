@@ -25,6 +25,7 @@ know the numbers::
     │   ├── PolicyViolation            1008
     │   └── MessageTooBig              1009
     ├── ConnectionClosed               the connection is closed; has code, reason
+    ├── GroupBackendUnavailable        a group send could not reach the backend
     └── InvalidState                   misuse of the API by the caller
 """
 
@@ -51,6 +52,7 @@ __all__ = [
     "PolicyViolation",
     "MessageTooBig",
     "ConnectionClosed",
+    "GroupBackendUnavailable",
     "InvalidState",
 ]
 
@@ -180,6 +182,14 @@ class ConnectionClosed(RawWSError):
         self.code = code
         self.reason = reason
         super().__init__(f"connection closed: {code} {reason}".rstrip())
+
+
+class GroupBackendUnavailable(RawWSError):
+    """The group backend can't take a send now (closed, or its server unreachable).
+
+    Raised by ``push(..., immediate=True)`` and by a push outside any
+    transaction; a push deferred to commit logs and counts the failure instead.
+    """
 
 
 class InvalidState(RawWSError, AssertionError):

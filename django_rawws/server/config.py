@@ -48,6 +48,9 @@ class ServerConfig:
     max_outgoing_buffer: int = 4 << 20
     #: Messages waiting for a worker per connection before reading pauses.
     max_pending_messages: int = 16
+    #: Group events and calls waiting for a worker per connection; past it
+    #: the connection is closed with 1008 (its consumer cannot keep up).
+    max_pending_events: int = 1024
     #: permessage-deflate; ``DeflateOptions(enabled=False)`` turns it off.
     deflate: DeflateOptions = field(default_factory=DeflateOptions)
     #: Outgoing messages shorter than this go uncompressed.

@@ -23,6 +23,7 @@ from __future__ import annotations
 import collections
 import enum
 import itertools
+import secrets
 import logging
 import socket
 import threading
@@ -53,6 +54,10 @@ __all__ = ["ServerConnection", "Phase", "SharedMessage"]
 logger = logging.getLogger("django_rawws.server")
 access_logger = logging.getLogger("django_rawws.access")
 
+# Connection ids are unique across processes (groups address a connection as
+# ``conn:<id>`` across every process sharing a backend): a random per-process
+# prefix, then a counter.
+_ID_PREFIX = secrets.token_hex(4)
 _ids = itertools.count(1)
 
 # Inbox item kinds, processed by workers in order.
@@ -136,7 +141,7 @@ class ServerConnection:
         self.server = server
         self.sock = sock
         self.fd = sock.fileno()
-        self.id = f"{next(_ids):x}"
+        self.id = f"{_ID_PREFIX}.{next(_ids):x}"
         self.remote_address = remote_address
         self.lock = threading.Lock()
         self.phase = Phase.HANDSHAKE
@@ -325,8 +330,21 @@ class ServerConnection:
         with self.lock:
             if self.phase is not Phase.OPEN or self._disconnect_queued:
                 return False
-            self._inbox.append((kind, value))
-            self._schedule_locked()
+            if len(self._inbox) >= self.server.config.max_pending_events:
+                # The consumer cannot keep up with what is pushed to it.
+                overflow = True
+            else:
+                overflow = False
+                self._inbox.append((kind, value))
+                self._schedule_locked()
+        if overflow:
+            logger.warning(
+                "closing %s: more than %d events waiting for its consumer",
+                _format_address(self.remote_address),
+                self.server.config.max_pending_events,
+            )
+            self.fail(CloseCode.POLICY_VIOLATION, "too many pending events")
+            return False
         return True
 
     # ------------------------------------------------------- I/O thread only
@@ -593,36 +611,47 @@ class ServerConnection:
             self._schedule_locked()
 
     def _write_locked(self, data: bytes) -> None:
+        """Write now what the kernel takes, buffer the rest; fail a reader that fell behind.
+
+        The bound applies to the backlog a message joins, not to the message:
+        one message larger than ``max_outgoing_buffer`` still goes to a client
+        that reads, while a client that stopped reading is closed with 1008 as
+        soon as its backlog passes the bound.
+        """
         if not data or self.phase is Phase.CLOSED:
             return
-        if not self._out:
-            try:
-                sent = self.sock.send(data)
-            except (BlockingIOError, InterruptedError):
-                sent = 0
-            except OSError:
-                # The peer is gone; the read side will see EOF or an error.
-                self._out = bytearray()
+        if self._out:
+            if len(self._out) > self.server.config.max_outgoing_buffer and self.phase is Phase.OPEN:
+                self._overflow_locked()
                 return
-            self.bytes_out += sent
-            if sent == len(data):
-                return
+            self._out += data
+            return
+        try:
+            sent = self.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            # The peer is gone; the read side will see EOF or an error.
+            self._out = bytearray()
+            return
+        self.bytes_out += sent
+        if sent < len(data):
             self._out += memoryview(data)[sent:]
             self._update_interest_locked()
-        else:
-            self._out += data
-        if len(self._out) > self.server.config.max_outgoing_buffer and self.phase is Phase.OPEN:
-            logger.warning(
-                "closing %s: %d bytes waiting for a client that does not read",
-                _format_address(self.remote_address),
-                len(self._out),
-            )
-            assert self._proto is not None
-            self._proto.fail(CloseCode.POLICY_VIOLATION, "outgoing buffer full")
-            self._out += self._proto.data_to_send()
-            self.close_code = CloseCode.POLICY_VIOLATION
-            self._by_us = True
-            self._start_draining_locked()
+
+    def _overflow_locked(self) -> None:
+        logger.warning(
+            "closing %s: %d bytes waiting for a client that does not read",
+            _format_address(self.remote_address),
+            len(self._out),
+        )
+        assert self._proto is not None
+        self._proto.fail(CloseCode.POLICY_VIOLATION, "outgoing buffer full")
+        # Queued after the backlog: the frame in progress must complete first.
+        self._out += self._proto.data_to_send()
+        self.close_code = CloseCode.POLICY_VIOLATION
+        self._by_us = True
+        self._start_draining_locked()
 
     def _flush_locked(self) -> None:
         if self._out and self.phase is not Phase.CLOSED:
@@ -692,17 +721,26 @@ class ServerConnection:
                     resumed = True
             if resumed:
                 self.server.attend(self)
-            if kind == _MESSAGE:
-                app.websocket_message(self, value)
-            elif kind == _EVENT:
-                app.websocket_event(self, value)
-            elif kind == _CALL:
-                value()
-            elif kind == _HANDSHAKE:
-                self._run_handshake(app)
-            else:
-                app.websocket_disconnect(self, value)
-                self.server.disconnected(self)
+            # An exception escaping a handler must not end this loop: the
+            # connection would never be scheduled again, and its disconnect()
+            # (which shutdown waits for) would never run.
+            try:
+                if kind == _MESSAGE:
+                    app.websocket_message(self, value)
+                elif kind == _EVENT:
+                    app.websocket_event(self, value)
+                elif kind == _CALL:
+                    value()
+                elif kind == _HANDSHAKE:
+                    self._run_handshake(app)
+                else:
+                    try:
+                        app.websocket_disconnect(self, value)
+                    finally:
+                        self.server.disconnected(self)
+            except Exception:
+                logger.exception("unhandled error in the %s handler of %s", kind, self.path)
+                self.fail(CloseCode.INTERNAL_ERROR)
         with self.lock:
             self._scheduled = False
             self._schedule_locked()

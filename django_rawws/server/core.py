@@ -300,12 +300,17 @@ class Server:
             raise
 
     def _drain_wake(self) -> None:
-        self._woken = False
+        # Drain first, then clear the flag: cleared first, a _wake() landing in
+        # between would have its byte drained here while the flag stays set,
+        # and every later _wake() would be skipped (a lost wake-up). Anything
+        # queued before a skipped _wake() is handled after this, in the same
+        # loop iteration.
         try:
             while self._wake_r.recv(4096):
                 pass
         except (BlockingIOError, OSError):
             pass
+        self._woken = False
 
     def _run_attention(self) -> None:
         attention = self._attention
