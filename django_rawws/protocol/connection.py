@@ -65,7 +65,8 @@ class Connection:
         max_message_size: the largest message accepted, after decompression;
             a message of exactly this size passes. Bigger fails with 1009.
         max_frame_size: the largest frame payload accepted on the wire
-            (defaults to ``max_message_size``).
+            (defaults to ``max_message_size``; a compressed frame may exceed
+            it by deflate's worst-case growth, 1/1024 plus 64 bytes).
         deflate: the negotiated ``PerMessageDeflate`` codec, if any.
         compression_threshold: outgoing messages shorter than this are sent
             uncompressed even when compression was negotiated.
@@ -276,9 +277,14 @@ class Connection:
                     raise ProtocolError("continuation frame without a message in progress")
             elif self._msg_opcode is not None:
                 raise ProtocolError("new data frame while a fragmented message is in progress")
-            if length > self.max_frame_size:
-                raise MessageTooBig(f"frame of {length} bytes exceeds the {self.max_frame_size}-byte limit")
             compressed = self._msg_compressed if opcode == _OP_CONTINUATION else bool(rsv1)
+            frame_limit = self.max_frame_size
+            if compressed:
+                # Deflate may grow incompressible data a little (stored blocks):
+                # a message of exactly the limit must still fit in one frame.
+                frame_limit += (frame_limit >> 10) + 64
+            if length > frame_limit:
+                raise MessageTooBig(f"frame of {length} bytes exceeds the {self.max_frame_size}-byte limit")
             if not compressed and self._msg_size + length > self.max_message_size:
                 raise MessageTooBig(f"message exceeds the {self.max_message_size}-byte limit")
             pos += header_size
@@ -293,7 +299,7 @@ class Connection:
                     if compressed:
                         payload = self._inflate(payload, final=True)
                     if opcode == _OP_TEXT:
-                        events.append(TextMessage(payload.decode("utf-8")))
+                        events.append(TextMessage(str(payload, "utf-8")))
                     else:
                         events.append(BinaryMessage(bytes(payload)))
                     continue

@@ -8,6 +8,7 @@ changes nothing and that the parser's memory stays under its bound.
 from __future__ import annotations
 
 import itertools
+import os
 import zlib
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -970,3 +971,20 @@ class TestOracle:
         assert len(outcomes) == 7
         assert isinstance(next(iter(outcomes.values())), Outcome)
         assert list(itertools.islice(outcomes, 2)) == ["whole", "one byte at a time"]
+
+
+
+def test_incompressible_message_of_exactly_the_limit_passes_compressed() -> None:
+    """Deflate grows random data a little; the frame limit leaves room for that."""
+    params = DeflateParams(True, True, 15, 15)
+    payload = os.urandom(1000)
+    client = Connection(Role.CLIENT, deflate=PerMessageDeflate(params, is_server=False))
+    client.send_binary(payload)
+    wire = client.data_to_send()
+    server = Connection(Role.SERVER, max_message_size=1000, deflate=PerMessageDeflate(params, is_server=True))
+    assert server.receive_data(wire) == [BinaryMessage(payload)]
+
+
+def test_client_role_accepts_a_memoryview_of_a_whole_text_frame() -> None:
+    client = Connection(Role.CLIENT)
+    assert client.receive_data(memoryview(b"\x81\x02hi")) == [TextMessage("hi")]

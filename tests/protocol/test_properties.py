@@ -29,7 +29,15 @@ from hypothesis import strategies as st
 from django_rawws.protocol.codes import CloseCode
 from django_rawws.protocol.connection import MAX_UNPARSED_INPUT, Connection, Role, State
 from django_rawws.protocol.deflate import DeflateParams, PerMessageDeflate
-from django_rawws.protocol.events import BinaryMessage, CloseReceived, Event, Ping, Pong, TextMessage
+from django_rawws.protocol.events import (
+    BinaryMessage,
+    CloseReceived,
+    ConnectionFailed,
+    Event,
+    Ping,
+    Pong,
+    TextMessage,
+)
 from django_rawws.protocol.frames import MAX_CONTROL_PAYLOAD
 
 #: The largest payloads drawn, in bytes (about; text varies by a few percent).
@@ -258,7 +266,9 @@ def exchange(
     # The closing handshake still works after all that.
     sender.send_close(CloseCode.NORMAL_CLOSURE, "done")
     assert read(receiver, sender.data_to_send(), sizes) == [CloseReceived(CloseCode.NORMAL_CLOSURE, "done")]
-    assert read(sender, receiver.data_to_send(), answer_sizes) == [CloseReceived(CloseCode.NORMAL_CLOSURE, "")]
+    assert read(sender, receiver.data_to_send(), answer_sizes) == [
+        CloseReceived(CloseCode.NORMAL_CLOSURE, "")
+    ]
     assert receiver.state is State.CLOSED and sender.state is State.CLOSED
 
 
@@ -346,20 +356,24 @@ def test_compressed_messages_round_trip_exactly_with_any_fragmentation_and_chunk
 
 
 @pytest.mark.parametrize("direction", DIRECTIONS)
-@given(payload=payloads(), sizes=chunkings(), mask_source=mask_sources(), over=st.integers(1, 3))
-def test_message_one_byte_over_the_limit_fails_with_1009_within_the_memory_bound(
+@given(message=messages, sizes=chunkings(), mask_source=mask_sources(), over=st.integers(1, 3))
+def test_message_over_the_limit_fails_with_1009_at_the_frame_that_crosses_it(
     direction: str,
-    payload: str | bytes,
+    message: Message,
     sizes: list[int],
     mask_source: Callable[[], bytes],
     over: int,
 ) -> None:
-    size = payload_size(payload)
+    """Whole or fragmented, a message ``over`` bytes too big is refused, never buffered whole."""
+    size = payload_size(message.payload)
     assume(size >= over)
-    sender, receiver = connections(direction, [Message(payload, None, ())], mask_source)
-    # A limit below the message: it must be refused at the frame header, never buffered whole.
+    sender, receiver = connections(direction, [message], mask_source)
     receiver.max_message_size = receiver.max_frame_size = size - over
-    stream, _, _ = write(sender, [Message(payload, None, ())])
-    events = read(receiver, stream, sizes)
-    assert [type(event).__name__ for event in events] == ["ConnectionFailed"]
-    assert events[0].code == CloseCode.MESSAGE_TOO_BIG  # type: ignore[attr-defined]
+    stream, expected, _ = write(sender, [message])
+    events = read(receiver, stream, sizes)  # checks the memory bound with the lowered limit
+    *pings, failure = events
+    assert isinstance(failure, ConnectionFailed)
+    assert failure.code == CloseCode.MESSAGE_TOO_BIG
+    # Pings that came before the crossing frame were delivered; nothing else was.
+    assert pings == expected[: len(pings)]
+    assert all(isinstance(event, Ping) for event in pings)
