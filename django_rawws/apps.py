@@ -1,6 +1,12 @@
+from __future__ import annotations
+
 from django.apps import AppConfig
 
 
 class RawWSConfig(AppConfig):
     name = "django_rawws"
     verbose_name = "django-rawws"
+
+    def ready(self) -> None:
+        # Importing registers the system checks (rawws.E001...).
+        from . import checks  # noqa: F401

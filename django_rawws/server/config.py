@@ -55,11 +55,16 @@ class ServerConfig:
     deflate: DeflateOptions = field(default_factory=DeflateOptions)
     #: Outgoing messages shorter than this go uncompressed.
     compression_threshold: int = 128
+    #: Threads serving plain HTTP requests through the application's
+    #: ``http_request``; 0 answers them 426 instead.
+    http_workers: int = 4
     #: Plain-HTTP path answered 200 by the I/O thread itself; None disables.
     health_path: str | None = "/healthz"
     #: listen() backlog, capped by the system's SOMAXCONN.
     backlog: int = 4096
     #: SO_REUSEPORT on the listening socket.
     reuse_port: bool = False
+    #: One line per connection on the ``django_rawws.access`` logger.
+    access_log: bool = True
     #: Seconds the accept loop pauses after EMFILE/ENFILE.
     accept_pause: float = 0.5

@@ -514,7 +514,27 @@ class ServerConnection:
             self._write_locked(response)
             self._start_draining_locked()
             return
+        if self.server.serves_http and not self.server.shutting_down:
+            self._hand_off_http_locked(request)
+            return
         self._reject_locked(_NotAnUpgrade())
+
+    def _hand_off_http_locked(self, request: Request) -> None:
+        """Give the socket, and the bytes read so far, to the HTTP pool.
+
+        From here the socket belongs to the application's ``http_request``,
+        which closes it; the I/O thread forgets it first, so its descriptor
+        can't be reused under the I/O thread's feet.
+        """
+        if self._in_poller:
+            self.server.poller.unregister(self.fd)
+            self._in_poller = False
+            self._registered = 0
+        self.phase = Phase.CLOSED
+        prefix = request.head + self._trailing
+        self._trailing = b""
+        self.server.forget(self, log=False)  # the HTTP handler logs its own requests
+        self.server.hand_off_http(self.sock, self.remote_address, prefix)
 
     def _reject_locked(self, error: HandshakeError) -> None:
         self.status = error.status_code

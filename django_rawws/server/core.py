@@ -66,6 +66,14 @@ class Server:
         self.config = config or ServerConfig()
         self.poller = Poller()
         self.pool = WorkerPool(self.config.workers, on_thread_exit=getattr(app, "worker_exit", None))
+        # Plain HTTP requests (not upgrades) run in a pool of their own, so a
+        # slow view never delays WebSocket events.
+        self.serves_http = self.config.http_workers > 0 and hasattr(app, "http_request")
+        self.http_pool = WorkerPool(
+            max(1, self.config.http_workers), name="rawws-http", on_thread_exit=getattr(app, "worker_exit", None)
+        )
+        self._http_sockets: set[socket.socket] = set()
+        self._http_lock = threading.Lock()
         self.shutting_down = False
         self._listener = sock
         self._connections: dict[int, ServerConnection] = {}
@@ -106,6 +114,8 @@ class Server:
         self.poller.register(self._listener.fileno(), READ)
         self.poller.register(self._wake_r.fileno(), READ)
         self.pool.start()
+        if self.serves_http:
+            self.http_pool.start()
         self._running = True
         self._io_thread = threading.Thread(target=self._io_loop, name="rawws-io", daemon=True)
         self._io_thread.start()
@@ -147,7 +157,9 @@ class Server:
         self._call_in_io(self._stop_accepting)
         self._call_in_io(lambda: self._each_connection(lambda conn: conn.pause_reading_for_shutdown()))
         self._call_in_io(lambda: self._each_connection(lambda conn: conn.begin_shutdown(close_code), only_handshakes=True))
+        self._interrupt_http_keepalive()
         clean = self.pool.wait_idle(grace)
+        clean = self.http_pool.wait_idle(max(0.0, grace - (time.monotonic() - start))) and clean
         self._call_in_io(lambda: self._each_connection(lambda conn: conn.begin_shutdown(close_code)))
         with self._connections_changed:
             self._connections_changed.wait_for(lambda: not self._connections, config.close_timeout)
@@ -163,6 +175,9 @@ class Server:
         if self._io_thread is not None:
             self._io_thread.join(5.0)
         joined = self.pool.stop(timeout=1.0 if not clean else 5.0)
+        if self.serves_http:
+            self._interrupt_http_keepalive()
+            joined = self.http_pool.stop(timeout=1.0 if not clean else 5.0) and joined
         self.poller.close()
         self._wake_r.close()
         self._wake_w.close()
@@ -183,14 +198,14 @@ class Server:
 
     attend_locked = attend
 
-    def forget(self, conn: ServerConnection) -> None:
-        """The socket of ``conn`` was closed (I/O thread): drop it, write the access line."""
+    def forget(self, conn: ServerConnection, *, log: bool = True) -> None:
+        """The socket of ``conn`` was closed or handed off (I/O thread): drop it, write the access line."""
         if self._connections.get(conn.fd) is conn:
             del self._connections[conn.fd]
             if self.shutting_down:
                 with self._connections_changed:
                     self._connections_changed.notify_all()
-        if conn.request is not None or conn.status is not None:
+        if log and self.config.access_log and (conn.request is not None or conn.status is not None):
             duration = time.monotonic() - conn.created
             access_logger.info(
                 '%s "%s" %s %s %.3fs in=%d out=%d',
@@ -203,6 +218,38 @@ class Server:
                 conn.bytes_out,
                 extra={"connection_id": conn.id, "status_code": conn.status, "close_code": conn.close_code},
             )
+
+    def hand_off_http(self, sock: socket.socket, client_address: Any, prefix: bytes) -> None:
+        """Run ``app.http_request(sock, client_address, prefix)`` on the HTTP pool (I/O thread)."""
+        sock.setblocking(True)
+        sock.settimeout(self.config.handshake_timeout)
+        with self._http_lock:
+            self._http_sockets.add(sock)
+
+        def serve() -> None:
+            try:
+                self.app.http_request(sock, client_address, prefix)
+            except Exception:
+                logger.exception("error while serving an HTTP request from %s", _format_address(client_address))
+            finally:
+                with self._http_lock:
+                    self._http_sockets.discard(sock)
+                try:
+                    sock.close()
+                except OSError:
+                    pass
+
+        self.http_pool.submit(serve)
+
+    def _interrupt_http_keepalive(self) -> None:
+        """Wake HTTP handlers waiting for a next keep-alive request: their read sees EOF."""
+        with self._http_lock:
+            sockets = list(self._http_sockets)
+        for sock in sockets:
+            try:
+                sock.shutdown(socket.SHUT_RD)
+            except OSError:
+                pass
 
     def disconnected(self, conn: ServerConnection) -> None:
         """The application's disconnect handler ran for ``conn`` (a worker)."""

@@ -1,0 +1,699 @@
+"""The Django side of a connection: from a handshake to consumer calls.
+
+:class:`DjangoApplication` is the application object the server calls on its
+worker threads (see :mod:`django_rawws.server.core`). For a handshake it:
+
+1. builds a WSGI environ and a real :class:`~django.core.handlers.wsgi.WSGIRequest`
+   (the client address taken from ``X-Forwarded-For`` only behind a trusted
+   proxy);
+2. validates ``Host`` against ``ALLOWED_HOSTS`` (400);
+3. resolves the path in the WebSocket urlconf (404) -- before anything that
+   costs a query;
+4. checks ``Origin`` (403);
+5. attaches a lazy ``request.session`` and ``request.user``, then runs the
+   ``AUTHENTICATE`` hook if one is set;
+6. builds the consumer, enforces ``login_required`` / ``permission_required``
+   (403) and calls ``connect()``.
+
+Every handler call (handshake, message, group event, disconnect) runs in the
+connection's own :class:`contextvars.Context`, starting with translation,
+timezone, urlconf and script prefix reset, between two
+``close_old_connections()`` (Django does the same around a request), and
+with the consumer method inside ``transaction.atomic`` for each database with
+``ATOMIC_REQUESTS``. A consumer exception is logged on
+``django_rawws.consumers`` with the request attached, ``got_request_exception``
+is sent (so ``mail_admins`` and error trackers see it), and the connection is
+failed with 1011; ``disconnect(1011)`` follows, once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+import io
+import ipaddress
+import logging
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from importlib import import_module
+from typing import Any
+from urllib.parse import urlsplit
+
+from django.apps import apps
+from django.conf import settings
+from django.core.exceptions import BadRequest as DjangoBadRequest
+from django.core.exceptions import DisallowedHost, PermissionDenied, SuspiciousOperation
+from django.core.handlers.wsgi import WSGIRequest
+from django.core.signals import got_request_exception, setting_changed
+from django.db import close_old_connections, connections, transaction
+from django.dispatch import receiver
+from django.http import Http404
+from django.urls import set_script_prefix, set_urlconf
+from django.utils import timezone, translation
+from django.utils.functional import SimpleLazyObject
+from django.utils.http import is_same_domain
+from django.utils.module_loading import import_string
+
+from .conf import get_config, on_config_change
+from .consumers import WebSocketConsumer, handshake_error
+from .exceptions import BadRequest, Forbidden, HandshakeError, InvalidState, NotFound
+from .protocol.codes import CloseCode
+from .routing import path_info_from_target, resolve
+
+__all__ = ["DjangoApplication", "build_environ", "check_origin", "origin_allowed"]
+
+logger = logging.getLogger("django_rawws.consumers")
+security_logger = logging.getLogger("django.security.DisallowedHost")
+
+# Headers a proxy sets; ignored from a peer that is not a trusted proxy once
+# TRUSTED_PROXIES is configured.
+_FORWARDED_META = ("HTTP_X_FORWARDED_HOST", "HTTP_X_FORWARDED_PORT")
+
+_DEFAULT_PORTS = {"http": 80, "ws": 80, "https": 443, "wss": 443}
+
+
+class _ConnectionState:
+    """What the Django side keeps per connection (in ``conn.app_state``)."""
+
+    __slots__ = ("connect_called", "consumer", "context", "disconnected", "failed_code", "request")
+
+    def __init__(self) -> None:
+        # An empty context: nothing set by an earlier connection on this worker leaks in.
+        self.context = contextvars.Context()
+        self.request: WSGIRequest | None = None
+        self.consumer: WebSocketConsumer | None = None
+        self.connect_called = False
+        self.failed_code: int | None = None
+        self.disconnected = False
+
+
+class DjangoApplication:
+    """Serve the consumers of the WebSocket urlconf (``RAWWS["URLCONF"]``).
+
+    ``urlconf`` overrides the setting (a second server, tests).
+    """
+
+    def __init__(self, *, urlconf: str | None = None) -> None:
+        self.urlconf = urlconf
+        self.watchdog = _watchdog
+
+    # --------------------------------------------------- the server interface
+
+    def websocket_handshake(self, conn: Any, handshake: Any) -> None:
+        state = _ConnectionState()
+        conn.app_state = state
+        state.context.run(self._handshake, conn, handshake, state)
+
+    def websocket_message(self, conn: Any, message: str | bytes) -> None:
+        state: _ConnectionState | None = conn.app_state
+        consumer = self._live_consumer(state)
+        if consumer is None:
+            return
+        assert state is not None
+        if isinstance(message, str):
+            state.context.run(self._call, conn, state, consumer.receive, (), {"text": message})
+        else:
+            state.context.run(self._call, conn, state, consumer.receive, (), {"bytes": message})
+
+    def websocket_event(self, conn: Any, event: Any) -> None:
+        state: _ConnectionState | None = conn.app_state
+        consumer = self._live_consumer(state)
+        if consumer is None:
+            return
+        assert state is not None
+        handler = consumer.get_event_handler(event)
+        if handler is not None:
+            state.context.run(self._call, conn, state, handler, (event,), {})
+
+    def websocket_disconnect(self, conn: Any, code: int) -> None:
+        state: _ConnectionState | None = conn.app_state
+        if state is None or state.disconnected:
+            return
+        state.disconnected = True
+        consumer = state.consumer
+        if consumer is not None:
+            # Groups are joined just before the 101; accept() may have failed after.
+            from .groups import get_backend
+
+            try:
+                get_backend().discard_all(conn)
+            except Exception:
+                logger.exception("could not remove connection %s from its groups", conn.id)
+        if consumer is not None and state.connect_called:
+            if state.failed_code is not None:
+                code = state.failed_code
+            state.context.run(self._call, conn, state, consumer.disconnect, (code,), {}, True)
+
+    def worker_exit(self) -> None:
+        """A worker thread stops: give its database connections back (and stop the watchdog if idle)."""
+        connections.close_all()
+        self.watchdog.stop()
+
+    # ------------------------------------------------------------- internals
+
+    @staticmethod
+    def _live_consumer(state: _ConnectionState | None) -> WebSocketConsumer | None:
+        """The consumer that should see the next message or event, if any.
+
+        Nothing is delivered after the consumer failed (1011) or started
+        closing itself; what arrived before the peer's close still is.
+        """
+        if state is None or state.failed_code is not None or state.disconnected:
+            return None
+        consumer = state.consumer
+        if consumer is None or not consumer.accepted or consumer._closing:
+            return None
+        return consumer
+
+    def _handshake(self, conn: Any, handshake: Any, state: _ConnectionState) -> None:
+        _begin_call()
+        try:
+            self._decide(conn, handshake, state)
+        except HandshakeError as error:
+            _reject(conn, error)
+        except Exception as error:
+            response = _handshake_error_for(error, state.request)
+            if response.status_code == 500:
+                self._report(error, state.request, f"the handshake of {handshake.path}")
+            _reject(conn, response)
+        finally:
+            close_old_connections()
+
+    def _decide(self, conn: Any, handshake: Any, state: _ConnectionState) -> None:
+        request = WSGIRequest(build_environ(conn, handshake))
+        state.request = request
+        try:
+            request.get_host()
+        except DisallowedHost as error:
+            security_logger.error(str(error), extra={"status_code": 400, "request": request})
+            raise BadRequest("Bad Request: invalid Host header") from None
+        route = resolve(request.path_info, self.urlconf)
+        request.resolver_match = route.match
+        check_origin(request)
+        _attach_session_and_user(request)
+        hook = _authenticate_hook()
+        if hook is not None:
+            user = hook(request, handshake)
+            if user is not None:
+                request.user = user
+        consumer = route.consumer_class(**route.initkwargs)
+        consumer.connection = conn
+        consumer.request = request
+        consumer.args = route.args
+        consumer.kwargs = route.kwargs
+        state.consumer = consumer
+        consumer.check_access()
+        state.connect_called = True
+        self._run(conn, state, consumer.connect, (), {})
+
+    def _call(
+        self,
+        conn: Any,
+        state: _ConnectionState,
+        method: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        disconnecting: bool = False,
+    ) -> None:
+        """One handler call after the handshake, wrapped like a request."""
+        _begin_call()
+        try:
+            self._run(conn, state, method, args, kwargs, disconnecting)
+        finally:
+            close_old_connections()
+
+    def _run(
+        self,
+        conn: Any,
+        state: _ConnectionState,
+        method: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        disconnecting: bool = False,
+    ) -> None:
+        """Run a consumer method in the request's transactions; turn its exceptions into statuses or 1011."""
+        consumer = state.consumer
+        assert consumer is not None
+        name = getattr(method, "__name__", "handler")
+        threshold = get_config()["SLOW_HANDLER_WARNING"]
+        token = self.watchdog.begin(
+            lambda: f"{type(consumer).__qualname__}.{name}() for {consumer.request.path}", threshold
+        )
+        try:
+            with _atomic_requests(method):
+                method(*args, **kwargs)
+        except Exception as error:
+            self._consumer_failed(conn, state, consumer, name, error, disconnecting)
+        finally:
+            self.watchdog.end(token)
+
+    def _consumer_failed(
+        self,
+        conn: Any,
+        state: _ConnectionState,
+        consumer: WebSocketConsumer,
+        name: str,
+        error: Exception,
+        disconnecting: bool,
+    ) -> None:
+        if disconnecting:
+            # The connection is gone already: report, nothing to close.
+            self._report(error, consumer.request, f"{type(consumer).__qualname__}.{name}()")
+            return
+        if not consumer.accepted:
+            # Still deciding the handshake: answer with a status.
+            response = _handshake_error_for(error, consumer.request)
+            if response.status_code == 500:
+                self._report(error, consumer.request, f"{type(consumer).__qualname__}.{name}()")
+                state.failed_code = CloseCode.INTERNAL_ERROR
+            _reject(conn, response)
+            return
+        self._report(error, consumer.request, f"{type(consumer).__qualname__}.{name}()")
+        state.failed_code = CloseCode.INTERNAL_ERROR
+        conn.fail(CloseCode.INTERNAL_ERROR)
+
+    @staticmethod
+    def _report(error: Exception, request: Any, where: str) -> None:
+        """Log with the request attached and send got_request_exception, as Django does for views."""
+        path = request.path if request is not None else "?"
+        logger.error(
+            "Exception in %s (%s)",
+            where,
+            path,
+            exc_info=(type(error), error, error.__traceback__),
+            extra={"request": request, "status_code": 500},
+        )
+        got_request_exception.send(sender=None, request=request)
+
+
+def _begin_call() -> None:
+    """Start a handler call like a fresh request: nothing left from the previous one."""
+    translation.deactivate()
+    timezone.deactivate()
+    set_urlconf(None)
+    set_script_prefix(settings.FORCE_SCRIPT_NAME or "/")
+    close_old_connections()
+
+
+def _atomic_requests(method: Callable[..., Any]) -> contextlib.AbstractContextManager[Any]:
+    """``transaction.atomic`` for each database with ATOMIC_REQUESTS, as Django wraps views.
+
+    ``@transaction.non_atomic_requests`` on a consumer method opts it out.
+    """
+    non_atomic = getattr(method, "_non_atomic_requests", ())
+    aliases = [
+        alias
+        for alias, settings_dict in connections.settings.items()
+        if settings_dict.get("ATOMIC_REQUESTS") and alias not in non_atomic
+    ]
+    if not aliases:
+        return contextlib.nullcontext()
+    stack = contextlib.ExitStack()
+    for alias in aliases:
+        stack.enter_context(transaction.atomic(using=alias))
+    return stack
+
+
+def _reject(conn: Any, error: HandshakeError) -> None:
+    try:
+        conn.reject(error)
+    except InvalidState:
+        pass  # already decided (accepted, rejected or closed meanwhile)
+
+
+def _handshake_error_for(error: Exception, request: Any) -> HandshakeError:
+    """Map an exception raised while deciding a handshake to its response, like Django's handlers."""
+    if isinstance(error, HandshakeError):
+        return error
+    if isinstance(error, PermissionDenied):
+        return Forbidden()
+    if isinstance(error, Http404):
+        return NotFound()
+    if isinstance(error, SuspiciousOperation):
+        logging.getLogger(f"django.security.{type(error).__name__}").error(
+            str(error), extra={"status_code": 400, "request": request}
+        )
+        return BadRequest()
+    if isinstance(error, DjangoBadRequest):
+        return BadRequest()
+    return handshake_error(500, "Internal Server Error")
+
+
+# ------------------------------------------------------------------ environ
+
+
+def build_environ(conn: Any, handshake: Any) -> dict[str, Any]:
+    """A WSGI environ for the handshake, as a WSGI server would build it (PEP 3333).
+
+    Header names containing ``_`` are dropped, as ``runserver`` does, so that
+    ``X_Forwarded_For`` cannot pose as ``X-Forwarded-For``. ``CONTENT_LENGTH``
+    is absent: a handshake has no body. ``REMOTE_ADDR`` is the client behind
+    a trusted proxy (:func:`client_address`).
+    """
+    request = handshake.request
+    peer_host, peer_port = _split_address(conn.remote_address)
+    server_host, server_port = _local_address(conn)
+    environ: dict[str, Any] = {
+        "REQUEST_METHOD": request.method,
+        "SCRIPT_NAME": "",
+        "PATH_INFO": path_info_from_target(handshake.path),
+        "QUERY_STRING": handshake.query_string,
+        "SERVER_NAME": server_host,
+        "SERVER_PORT": server_port,
+        "SERVER_PROTOCOL": f"HTTP/{request.version[0]}.{request.version[1]}",
+        "REMOTE_ADDR": peer_host,
+        "REMOTE_PORT": peer_port,
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": "http",
+        "wsgi.input": io.BytesIO(),
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": True,
+        "wsgi.multiprocess": False,
+        "wsgi.run_once": False,
+    }
+    for name, value in request.headers.items():
+        if "_" in name:
+            continue
+        key = name.upper().replace("-", "_")
+        if key == "CONTENT_LENGTH":
+            continue
+        if key != "CONTENT_TYPE":
+            key = "HTTP_" + key
+        if key in environ:
+            separator = "; " if key == "HTTP_COOKIE" else ","
+            environ[key] = f"{environ[key]}{separator}{value}"
+        else:
+            environ[key] = value
+    _apply_proxy_rules(environ, peer_host)
+    return environ
+
+
+def _split_address(address: Any) -> tuple[str, str]:
+    if isinstance(address, tuple) and len(address) >= 2:
+        return str(address[0]), str(address[1])
+    return str(address or ""), ""
+
+
+def _local_address(conn: Any) -> tuple[str, str]:
+    sock = getattr(conn, "sock", None)
+    try:
+        return _split_address(sock.getsockname()) if sock is not None else ("localhost", "")
+    except OSError:
+        return "localhost", ""
+
+
+@functools.cache
+def trusted_proxies() -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """``RAWWS["TRUSTED_PROXIES"]`` parsed (rawws.E005 reports bad entries; they are skipped here)."""
+    networks = []
+    for entry in get_config()["TRUSTED_PROXIES"]:
+        try:
+            networks.append(ipaddress.ip_network(entry, strict=False))
+        except ValueError:
+            continue
+    return tuple(networks)
+
+
+on_config_change(trusted_proxies.cache_clear)
+
+
+def _parse_ip(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    value = value.strip()
+    if value.startswith("["):  # [v6] or [v6]:port
+        value = value[1 : value.find("]")] if "]" in value else value
+    elif value.count(":") == 1:  # v4:port
+        value = value.partition(":")[0]
+    try:
+        address = ipaddress.ip_address(value)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def _is_trusted(
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address | None, networks: Sequence[Any]
+) -> bool:
+    return address is not None and any(address in network for network in networks)
+
+
+def client_address(peer: str, forwarded_for: str | None, networks: Sequence[Any]) -> str | None:
+    """The client's address behind trusted proxies, or None to keep the peer's.
+
+    Only when the peer itself is a trusted proxy: the rightmost
+    ``X-Forwarded-For`` entry that is not a trusted proxy (entries further
+    left were written by the client and can be forged). An entry that is not
+    an IP address stops the walk at the last trusted hop.
+    """
+    if not networks or not forwarded_for or not _is_trusted(_parse_ip(peer), networks):
+        return None
+    last_trusted: str | None = None
+    for entry in reversed(forwarded_for.split(",")):
+        address = _parse_ip(entry)
+        if address is None:
+            return last_trusted
+        if not _is_trusted(address, networks):
+            return str(address)
+        last_trusted = str(address)
+    return last_trusted
+
+
+def _apply_proxy_rules(environ: dict[str, Any], peer: str) -> None:
+    networks = trusted_proxies()
+    if not networks:
+        return  # no proxy configured: Django's own settings decide, as under any WSGI server
+    if not _is_trusted(_parse_ip(peer), networks):
+        # A direct client: what it claims in proxy headers is not believed.
+        for key in _FORWARDED_META:
+            environ.pop(key, None)
+        ssl_header = settings.SECURE_PROXY_SSL_HEADER
+        if ssl_header:
+            environ.pop(ssl_header[0], None)
+        return
+    address = client_address(peer, environ.get("HTTP_X_FORWARDED_FOR"), networks)
+    if address is not None and address != peer:
+        environ["REMOTE_ADDR"] = address
+        environ["REMOTE_PORT"] = ""
+
+
+# ------------------------------------------------------------------- origin
+
+
+def _origin_key(origin: str) -> tuple[str, str, int] | None:
+    """``(scheme, host, port)`` of a serialized origin, None if it is not one."""
+    try:
+        parts = urlsplit(origin.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    host = parts.hostname
+    if not scheme or not host or parts.username is not None or parts.password is not None:
+        return None
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        return None
+    if port is None:
+        port = _DEFAULT_PORTS.get(scheme)
+        if port is None:
+            return None
+    return scheme, host.lower(), port
+
+
+def origin_allowed(origin: str, request: Any, extra_origins: Sequence[str] = ()) -> bool:
+    """Whether a browser page at ``origin`` may open this WebSocket.
+
+    Same rules as Django's CSRF origin check: same origin as the request
+    (``https`` when ``request.is_secure()``, which honours
+    ``SECURE_PROXY_SSL_HEADER``), or listed in ``CSRF_TRUSTED_ORIGINS`` or
+    ``extra_origins``, where ``https://*.example.com`` allows the domain and
+    its subdomains. ``null`` (sandboxed frames, ``file:``) never passes.
+    """
+    if origin.strip().lower() == "null":
+        return False
+    key = _origin_key(origin)
+    if key is None:
+        return False
+    own = _origin_key(f"{'https' if request.is_secure() else 'http'}://{request.get_host()}")
+    if key == own:
+        return True
+    netloc = urlsplit(origin.strip()).netloc.lower()
+    for trusted in (*settings.CSRF_TRUSTED_ORIGINS, *extra_origins):
+        if "*" in trusted:
+            parts = urlsplit(trusted)
+            if parts.scheme.lower() == key[0] and is_same_domain(netloc, parts.netloc.lstrip("*").lower()):
+                return True
+        elif _origin_key(trusted) == key:
+            return True
+    return False
+
+
+def check_origin(request: Any) -> None:
+    """Apply CHECK_ORIGIN / ALLOWED_ORIGINS / REQUIRE_ORIGIN to ``request``.
+
+    Raises:
+        Forbidden: 403.
+    """
+    config = get_config()
+    if not config["CHECK_ORIGIN"]:
+        return
+    origin = request.META.get("HTTP_ORIGIN")
+    if origin is None:
+        if config["REQUIRE_ORIGIN"]:
+            raise Forbidden("Forbidden: an Origin header is required")
+        return
+    if not origin_allowed(origin, request, config["ALLOWED_ORIGINS"]):
+        raise Forbidden("Forbidden: origin not allowed")
+
+
+# ------------------------------------------------------- session, user, hook
+
+
+@functools.cache
+def _session_store() -> Any:
+    """The SessionStore class, or None when the project uses no sessions."""
+    uses_sessions = apps.is_installed("django.contrib.sessions") or any(
+        middleware.endswith("SessionMiddleware") for middleware in settings.MIDDLEWARE
+    )
+    if not uses_sessions:
+        return None
+    return import_module(settings.SESSION_ENGINE).SessionStore
+
+
+@functools.cache
+def _authenticate_hook() -> Callable[[Any, Any], Any] | None:
+    path = get_config()["AUTHENTICATE"]
+    return import_string(path) if path else None
+
+
+on_config_change(_authenticate_hook.cache_clear)
+
+
+def _attach_session_and_user(request: Any) -> None:
+    """Set ``request.session`` as SessionMiddleware does, and a lazy ``request.user``.
+
+    The user is loaded on first use only, as with AuthenticationMiddleware.
+    """
+    store = _session_store()
+    if store is not None:
+        request.session = store(request.COOKIES.get(settings.SESSION_COOKIE_NAME))
+    if apps.is_installed("django.contrib.auth"):
+        if store is not None:
+            from django.contrib.auth import get_user
+
+            request.user = SimpleLazyObject(lambda: get_user(request))
+        else:
+            from django.contrib.auth.models import AnonymousUser
+
+            request.user = AnonymousUser()
+
+
+@receiver(setting_changed)
+def _clear_session_store(*, setting: str, **kwargs: Any) -> None:
+    if setting in ("INSTALLED_APPS", "MIDDLEWARE", "SESSION_ENGINE"):
+        _session_store.cache_clear()
+
+
+# ----------------------------------------------------------------- watchdog
+
+
+class SlowCallWatchdog:
+    """Warns, with the stack, about a handler call running longer than a threshold.
+
+    One thread watches every call: starting a call costs a dict store and an
+    uncontended lock, not a timer thread. The thread starts with the first
+    call, and stops when the server's workers exit (:meth:`stop`, from
+    ``worker_exit``) or after ``idle_exit`` seconds without calls.
+    """
+
+    #: Seconds without calls after which the thread exits (a new call restarts it).
+    idle_exit = 30.0
+    #: Longest pause between two looks: a call is reported at most this late.
+    max_interval = 0.25
+
+    def __init__(self) -> None:
+        self._calls: dict[int, list[Any]] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._stop_event: threading.Event | None = None
+
+    def begin(self, describe: Callable[[], str], threshold: float | None) -> int | None:
+        """A call starts on this thread; return the token for :meth:`end`."""
+        if not threshold or threshold <= 0:
+            return None
+        ident = threading.get_ident()
+        self._calls[ident] = [time.monotonic(), threshold, describe, False]
+        # Under the lock, so the thread cannot decide to exit between the store and this check.
+        with self._lock:
+            if self._thread is None:
+                stop_event = threading.Event()
+                self._stop_event = stop_event
+                self._thread = threading.Thread(
+                    target=self._watch, args=(stop_event,), name="rawws-slow-handler-watchdog", daemon=True
+                )
+                self._thread.start()
+        return ident
+
+    def end(self, token: int | None) -> None:
+        if token is not None:
+            self._calls.pop(token, None)
+
+    def stop(self, timeout: float = 1.0) -> None:
+        """Stop and join the thread unless calls are in flight (a worker exits)."""
+        with self._lock:
+            thread, stop_event = self._thread, self._stop_event
+            if thread is None or stop_event is None or self._calls:
+                return
+            self._thread = self._stop_event = None
+            stop_event.set()
+        if thread is not threading.current_thread():
+            thread.join(timeout)
+
+    def _watch(self, stop_event: threading.Event) -> None:
+        idle_since = time.monotonic()
+        while not stop_event.is_set():
+            calls = self._calls.copy()
+            now = time.monotonic()
+            if calls:
+                idle_since = now
+            elif now - idle_since >= self.idle_exit:
+                with self._lock:
+                    if not self._calls and self._stop_event is stop_event:
+                        self._thread = self._stop_event = None
+                        return
+            interval = self.max_interval
+            for ident, call in calls.items():
+                started, threshold, describe, warned = call
+                if warned:
+                    continue
+                elapsed = now - started
+                if elapsed >= threshold:
+                    call[3] = True
+                    self._warn(ident, describe, elapsed)
+                else:
+                    interval = min(interval, threshold - elapsed)
+            stop_event.wait(max(interval, 0.01))
+
+    @staticmethod
+    def _warn(ident: int, describe: Callable[[], str], elapsed: float) -> None:
+        frame = sys._current_frames().get(ident)
+        stack = "".join(traceback.format_stack(frame)) if frame is not None else "(stack unavailable)\n"
+        try:
+            what = describe()
+        except Exception:  # noqa: BLE001 - a warning must not fail the watchdog
+            what = "a handler"
+        logger.warning(
+            "%s has been running for %.2fs, holding a worker thread; move long work out of consumer "
+            "methods.\n%s",
+            what,
+            elapsed,
+            stack.rstrip(),
+        )
+
+
+#: Shared by every application of the process: at most one watchdog thread.
+_watchdog = SlowCallWatchdog()

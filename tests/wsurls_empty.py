@@ -1,0 +1,1 @@
+"""A module that is not a urlconf: no urlpatterns."""
