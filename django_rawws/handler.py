@@ -34,6 +34,7 @@ import functools
 import io
 import ipaddress
 import logging
+import socket
 import sys
 import threading
 import time
@@ -91,15 +92,68 @@ class _ConnectionState:
         self.disconnected = False
 
 
+class _WebSocketOnly(HandshakeError):
+    status_code = 426
+    default_reason = "Upgrade Required: this URL is a WebSocket endpoint"
+
+    def default_headers(self) -> list[tuple[str, str]]:
+        return [("Upgrade", "websocket")]
+
+
 class DjangoApplication:
     """Serve the consumers of the WebSocket urlconf (``RAWWS["URLCONF"]``).
 
     ``urlconf`` overrides the setting (a second server, tests).
     """
 
-    def __init__(self, *, urlconf: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        urlconf: str | None = None,
+        wsgi_application: Any = None,
+        ws_only: bool = False,
+        secure: bool = False,
+    ) -> None:
         self.urlconf = urlconf
         self.watchdog = _watchdog
+        self.ws_only = ws_only
+        self.secure = secure
+        self._wsgi_application = wsgi_application
+
+    @property
+    def wsgi_application(self) -> Any:
+        """The project's WSGI application, found as ``runserver`` finds it."""
+        if self._wsgi_application is None:
+            from django.core.servers.basehttp import get_internal_wsgi_application
+
+            self._wsgi_application = get_internal_wsgi_application()
+        return self._wsgi_application
+
+    def http_request(self, sock: Any, client_address: Any, request: Any, prefix: bytes) -> None:
+        """Serve a plain HTTP request (not an upgrade) on an HTTP-pool thread.
+
+        With ``ws_only`` (``runws --ws-only``, for a site whose HTTP goes to a
+        WSGI server) nothing reaches the WSGI app: a WebSocket route answers
+        426 with ``Upgrade: websocket``, any other path 404.
+        """
+        if self.ws_only:
+            from .protocol.handshake import build_reject
+
+            try:
+                resolve(path_info_from_target(request.target), self.urlconf)
+            except NotFound:
+                error: HandshakeError = NotFound()
+            else:
+                error = _WebSocketOnly()
+            try:
+                sock.sendall(build_reject(error))
+                sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+            return
+        from .plain_http import serve_http
+
+        serve_http(sock, client_address, prefix, self.wsgi_application, secure=self.secure)
 
     # --------------------------------------------------- the server interface
 

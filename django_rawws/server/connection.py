@@ -534,7 +534,7 @@ class ServerConnection:
         prefix = request.head + self._trailing
         self._trailing = b""
         self.server.forget(self, log=False)  # the HTTP handler logs its own requests
-        self.server.hand_off_http(self.sock, self.remote_address, prefix)
+        self.server.hand_off_http(self.sock, self.remote_address, request, prefix)
 
     def _reject_locked(self, error: HandshakeError) -> None:
         self.status = error.status_code

@@ -14,6 +14,10 @@ The application is any object with these methods, all called on workers::
     websocket_event(conn, event)           # what conn.deliver_event() queued
     websocket_disconnect(conn, code)       # exactly once per handshake call
     worker_exit()                          # in each worker thread as it stops
+
+and, optionally, on a pool of its own for plain HTTP (not upgrades)::
+
+    http_request(sock, client_address, request, prefix)   # owns the socket
 """
 
 from __future__ import annotations
@@ -219,8 +223,12 @@ class Server:
                 extra={"connection_id": conn.id, "status_code": conn.status, "close_code": conn.close_code},
             )
 
-    def hand_off_http(self, sock: socket.socket, client_address: Any, prefix: bytes) -> None:
-        """Run ``app.http_request(sock, client_address, prefix)`` on the HTTP pool (I/O thread)."""
+    def hand_off_http(self, sock: socket.socket, client_address: Any, request: Any, prefix: bytes) -> None:
+        """Run ``app.http_request(sock, client_address, request, prefix)`` on the HTTP pool (I/O thread).
+
+        ``request`` is the parsed head, ``prefix`` the bytes read so far (the
+        head and whatever followed it).
+        """
         sock.setblocking(True)
         sock.settimeout(self.config.handshake_timeout)
         with self._http_lock:
@@ -228,7 +236,7 @@ class Server:
 
         def serve() -> None:
             try:
-                self.app.http_request(sock, client_address, prefix)
+                self.app.http_request(sock, client_address, request, prefix)
             except Exception:
                 logger.exception("error while serving an HTTP request from %s", _format_address(client_address))
             finally:
