@@ -26,6 +26,7 @@ import itertools
 import secrets
 import logging
 import socket
+import ssl
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -133,10 +134,14 @@ class ServerConnection:
         "_disconnect_queued",
         "_timer_at",
         "_over_capacity",
+        "_tls_handshaking",
+        "_tls_want_write",
         "__weakref__",
     )
 
-    def __init__(self, server: Server, sock: socket.socket, remote_address: Any, *, over_capacity: bool = False) -> None:
+    def __init__(
+        self, server: Server, sock: socket.socket, remote_address: Any, *, over_capacity: bool = False
+    ) -> None:
         config = server.config
         self.server = server
         self.sock = sock
@@ -174,6 +179,9 @@ class ServerConnection:
         self._disconnect_queued = False
         self._timer_at: float | None = None
         self._over_capacity = over_capacity
+        # A TLS socket first completes its handshake, driven by readiness.
+        self._tls_handshaking = isinstance(sock, ssl.SSLSocket)
+        self._tls_want_write = False
 
     def __repr__(self) -> str:
         return f"<ServerConnection {self.id} {self.phase.name} {self.remote_address}>"
@@ -350,21 +358,21 @@ class ServerConnection:
     # ------------------------------------------------------- I/O thread only
 
     def register(self) -> None:
-        if self._over_capacity:
-            with self.lock:
+        with self.lock:
+            if self._over_capacity and not self._tls_handshaking:
                 self._reject_locked(ServiceUnavailable("Service Unavailable: too many connections"))
-        else:
-            self._set_interest_locked(READ)
+            else:
+                self._set_interest_locked(READ)
 
     def on_readable(self) -> None:
-        try:
-            data = self.sock.recv(65536)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            data = b""
         now = time.monotonic()
+        # Under the lock: a TLS object must not read and write in two threads at once.
         with self.lock:
+            if self._tls_handshaking and not self._tls_step_locked():
+                return
+            data = self._recv_locked()
+            if data is None:
+                return
             if not data:
                 self._on_eof_locked()
                 return
@@ -382,7 +390,60 @@ class ServerConnection:
 
     def on_writable(self) -> None:
         with self.lock:
+            if self._tls_handshaking:
+                if self._tls_step_locked():
+                    self._update_interest_locked()
+                return
             self._flush_locked()
+
+    def _recv_locked(self) -> bytes | None:
+        """Read what is there: bytes, ``b""`` at EOF or error, None when nothing yet."""
+        sock = self.sock
+        try:
+            data = sock.recv(65536)
+        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return None
+        except OSError:
+            return b""
+        if data and isinstance(sock, ssl.SSLSocket):
+            # TLS may hold decrypted bytes the descriptor no longer signals.
+            pending = sock.pending()
+            while pending:
+                try:
+                    more = sock.recv(pending)
+                except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                    break
+                except OSError:
+                    break
+                if not more:
+                    break
+                data += more
+                pending = sock.pending()
+        return data
+
+    def _tls_step_locked(self) -> bool:
+        """Advance the TLS handshake; return True once it is complete."""
+        try:
+            self.sock.do_handshake()  # type: ignore[attr-defined]
+        except ssl.SSLWantReadError:
+            self._tls_want_write = False
+            self._set_interest_locked(READ)
+            return False
+        except ssl.SSLWantWriteError:
+            self._tls_want_write = True
+            self._set_interest_locked(READ | WRITE)
+            return False
+        except (ssl.SSLError, OSError) as exc:
+            logger.info("TLS handshake with %s failed: %s", _format_address(self.remote_address), exc)
+            self._close_socket_locked()
+            return False
+        self._tls_handshaking = False
+        self._tls_want_write = False
+        if self._over_capacity:
+            self._reject_locked(ServiceUnavailable("Service Unavailable: too many connections"))
+            return False
+        self._set_interest_locked(READ)
+        return True
 
     def on_timer(self, now: float) -> float | None:
         """Act on the deadline of the current phase; return the next one."""
@@ -648,7 +709,7 @@ class ServerConnection:
             return
         try:
             sent = self.sock.send(data)
-        except (BlockingIOError, InterruptedError):
+        except (BlockingIOError, InterruptedError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
             sent = 0
         except OSError:
             # The peer is gone; the read side will see EOF or an error.
@@ -677,7 +738,7 @@ class ServerConnection:
         if self._out and self.phase is not Phase.CLOSED:
             try:
                 sent = self.sock.send(self._out)
-            except (BlockingIOError, InterruptedError):
+            except (BlockingIOError, InterruptedError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
                 return
             except OSError:
                 self._out = bytearray()
@@ -693,7 +754,7 @@ class ServerConnection:
         if self.phase is Phase.CLOSED:
             return
         interest = 0
-        if self._out:
+        if self._out or self._tls_want_write:
             interest |= WRITE
         if self.phase is Phase.DRAINING or not (self.phase is Phase.DECIDING or self._read_paused):
             interest |= READ

@@ -28,6 +28,7 @@ import heapq
 import itertools
 import logging
 import socket
+import ssl
 import threading
 import time
 from typing import Any
@@ -63,8 +64,12 @@ class Server:
         config: ServerConfig | None = None,
         *,
         sock: socket.socket | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.app = app
+        #: With a server-side SSLContext, every connection speaks TLS
+        #: (``wss://`` and ``https://``); the handshake runs in the I/O thread.
+        self.ssl_context = ssl_context
         self.host = host
         self.port = port
         self.config = config or ServerConfig()
@@ -421,6 +426,8 @@ class Server:
             sock.setblocking(False)
             if sock.family in (socket.AF_INET, socket.AF_INET6):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.ssl_context is not None:
+                sock = self.ssl_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
             over = self.shutting_down or len(self._connections) >= config.max_connections
             conn = ServerConnection(self, sock, address, over_capacity=over)
             self._connections[conn.fd] = conn
