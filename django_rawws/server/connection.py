@@ -134,6 +134,7 @@ class ServerConnection:
         "_disconnect_queued",
         "_timer_at",
         "_over_capacity",
+        "_tls",
         "_tls_handshaking",
         "_tls_want_write",
         "__weakref__",
@@ -180,7 +181,8 @@ class ServerConnection:
         self._timer_at: float | None = None
         self._over_capacity = over_capacity
         # A TLS socket first completes its handshake, driven by readiness.
-        self._tls_handshaking = isinstance(sock, ssl.SSLSocket)
+        self._tls = isinstance(sock, ssl.SSLSocket)
+        self._tls_handshaking = self._tls
         self._tls_want_write = False
 
     def __repr__(self) -> str:
@@ -366,27 +368,37 @@ class ServerConnection:
 
     def on_readable(self) -> None:
         now = time.monotonic()
-        # Under the lock: a TLS object must not read and write in two threads at once.
-        with self.lock:
-            if self._tls_handshaking and not self._tls_step_locked():
-                return
-            data = self._recv_locked()
-            if data is None:
-                return
-            if not data:
-                self._on_eof_locked()
-                return
-            self.bytes_in += len(data)
-            phase = self.phase
-            if phase is Phase.HANDSHAKE:
-                self._receive_head_locked(data)
-            elif phase is Phase.OPEN or phase is Phase.CLOSING:
-                self._last_received = now
-                self._receive_frames_locked(data)
-            elif phase is Phase.DECIDING:
-                # Reading is off while the application decides; a stray wake-up keeps the bytes.
-                self._trailing += data
-            # DRAINING: discard.
+        if self._tls:
+            # Under the lock: a TLS object must not read and write in two threads at once.
+            with self.lock:
+                if self._tls_handshaking and not self._tls_step_locked():
+                    return
+                data = self._recv_locked()
+                if data is not None:
+                    self._on_data_locked(data, now)
+            return
+        # A plain socket reads without the lock, so a worker inside send() never
+        # holds up the I/O thread; only the I/O thread reads or closes it.
+        data = self._recv_locked()
+        if data is not None:
+            with self.lock:
+                self._on_data_locked(data, now)
+
+    def _on_data_locked(self, data: bytes, now: float) -> None:
+        if not data:
+            self._on_eof_locked()
+            return
+        self.bytes_in += len(data)
+        phase = self.phase
+        if phase is Phase.HANDSHAKE:
+            self._receive_head_locked(data)
+        elif phase is Phase.OPEN or phase is Phase.CLOSING:
+            self._last_received = now
+            self._receive_frames_locked(data)
+        elif phase is Phase.DECIDING:
+            # Reading is off while the application decides; a stray wake-up keeps the bytes.
+            self._trailing += data
+        # DRAINING: discard.
 
     def on_writable(self) -> None:
         with self.lock:
@@ -397,7 +409,10 @@ class ServerConnection:
             self._flush_locked()
 
     def _recv_locked(self) -> bytes | None:
-        """Read what is there: bytes, ``b""`` at EOF or error, None when nothing yet."""
+        """Read what is there: bytes, ``b""`` at EOF or error, None when nothing yet.
+
+        Called under the lock for TLS; without it for a plain socket.
+        """
         sock = self.sock
         try:
             data = sock.recv(65536)

@@ -36,13 +36,15 @@ class WorkerPool:
         self._tasks: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
-        self._busy: dict[int, float] = {}  # thread ident -> when its current task started
+        # When each worker's current task started (0.0: idle). One slot per
+        # worker, written by that worker alone: no lock on the hot path.
+        self._started = [0.0] * size
         self._idle = threading.Condition(self._lock)
         self._pending = 0
 
     def start(self) -> None:
         for index in range(self.size):
-            thread = threading.Thread(target=self._run, name=f"{self._name}-{index}", daemon=True)
+            thread = threading.Thread(target=self._run, args=(index,), name=f"{self._name}-{index}", daemon=True)
             thread.start()
             self._threads.append(thread)
 
@@ -53,7 +55,7 @@ class WorkerPool:
 
     @property
     def busy_count(self) -> int:
-        return len(self._busy)
+        return sum(1 for started in self._started if started)
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait until no task is queued or running; return whether that happened."""
@@ -70,11 +72,10 @@ class WorkerPool:
         """Stacks of the workers busy right now, for the shutdown log."""
         frames = sys._current_frames()
         stacks = []
-        with self._lock:
-            busy = dict(self._busy)
-        for thread in self._threads:
-            if thread.ident in busy and thread.ident in frames:
-                since = time.monotonic() - busy[thread.ident]
+        for index, thread in enumerate(self._threads):
+            started = self._started[index]
+            if started and thread.ident in frames:
+                since = time.monotonic() - started
                 stack = "".join(traceback.format_stack(frames[thread.ident]))
                 stacks.append(f"{thread.name} (busy for {since:.1f}s):\n{stack}")
         return stacks
@@ -91,23 +92,22 @@ class WorkerPool:
             logger.error("worker threads still running at exit: %s", ", ".join(alive))
         return not alive
 
-    def _run(self) -> None:
-        ident = threading.get_ident()
+    def _run(self, index: int) -> None:
         tasks = self._tasks
+        started = self._started
         try:
             while True:
                 task = tasks.get()
                 if task is None:
                     return
-                with self._lock:
-                    self._busy[ident] = time.monotonic()
+                started[index] = time.monotonic()
                 try:
                     task()
                 except Exception:  # the task's own error handling failed
                     logger.exception("unhandled error in a worker task")
                 finally:
+                    started[index] = 0.0
                     with self._idle:
-                        del self._busy[ident]
                         self._pending -= 1
                         if not self._pending:
                             self._idle.notify_all()

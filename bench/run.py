@@ -1,0 +1,967 @@
+"""Server benchmark: django_rawws beside its peers, in one run, on this machine.
+
+Run from the repository root (``cd bench && npm ci`` once; the harness runs it
+itself when ``bench/node_modules`` is missing)::
+
+    python bench/run.py [--quick] [--servers rawws,runws,websockets] [--scenarios echo-small,idle,fanout]
+                        [--repeat N] [--quiet-wait SECONDS] [--extra-server NAME=COMMAND] [--profile]
+
+Every server runs as its own subprocess on a free port of 127.0.0.1, started
+fresh for each run (so memory and thread counts start from the same place),
+with the soft open-files limit raised to the hard one. The load comes from
+Node's ``ws`` client (``bench/clients/*.mjs``), which is not the bottleneck and
+says so: each client reports its own CPU time. Scenarios run the servers
+interleaved (rep 1: A B C, rep 2: B C A, ...) so that a noisy moment of the
+machine hurts them alike; the table shows medians with their min-max range
+and the ratio of our median to the reference peer's (``websockets`` asyncio).
+Server CPU time, memory and threads come from ``/proc/<pid>`` (Linux only).
+
+A run that fails (a server that does not start, a client that times out) is
+recorded with its error and the benchmark goes on. Correctness problems
+(echo mismatches, missing or duplicated deliveries, connections that did not
+open) are figures in the table and listed under it.
+
+Outputs: a markdown table on stdout and everything, raw client reports
+included, in ``bench/results/<timestamp>.json`` (gitignored). ``--profile``
+instead runs echo-small once per server of ours with ``py-spy record``
+attached and prints where each kind of thread spends its time. Not a test:
+nothing here runs in the suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import functools
+import json
+import os
+import platform
+import queue
+import re
+import resource
+import shlex
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+CLIENTS = BENCH / "clients"
+SERVERS = BENCH / "servers"
+RESULTS = BENCH / "results"
+EXAMPLE_MANAGE = ROOT / "example_project" / "manage.py"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+HOST = "127.0.0.1"
+
+#: Samples per second of py-spy in --profile.
+PROFILE_RATE = 250
+
+#: The peer every ratio is taken against.
+REFERENCE = "websockets"
+
+
+class RunFailed(Exception):
+    """A run could not complete; recorded with this message, not fatal."""
+
+
+# ----------------------------------------------------------------- servers
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    name: str
+    label: str
+    ours: bool
+    #: (python, port) -> argv
+    command: Callable[[str, int], list[str]]
+    #: extra environment variables
+    env: Callable[[], dict[str, str]] = dict
+    #: None when the server can run here, else why not
+    unavailable: Callable[[], str | None] = lambda: None
+
+
+def _example_settings_module() -> str:
+    """The settings module example_project/manage.py defaults to."""
+    text = EXAMPLE_MANAGE.read_text(encoding="utf-8")
+    match = re.search(r"""DJANGO_SETTINGS_MODULE["']\s*,\s*["']([\w.]+)["']""", text)
+    return match.group(1) if match else "example_project.settings"
+
+
+def _runws_unavailable() -> str | None:
+    if not EXAMPLE_MANAGE.exists():
+        return f"{EXAMPLE_MANAGE.relative_to(ROOT)} does not exist yet"
+    return None
+
+
+SERVER_SPECS = [
+    ServerSpec(
+        "rawws",
+        "rawws raw Server",
+        ours=True,
+        command=lambda python, port: [python, str(SERVERS / "rawws_plain.py"), "--port", str(port)],
+    ),
+    ServerSpec(
+        "runws",
+        "rawws runws (Django)",
+        ours=True,
+        command=lambda python, port: [
+            python,
+            str(EXAMPLE_MANAGE),
+            "runws",
+            "--noreload",
+            "--settings=bench_settings",
+            f"--pythonpath={SERVERS}",
+            f"{HOST}:{port}",
+        ],
+        env=lambda: {
+            "DJANGO_SETTINGS_MODULE": "bench_settings",
+            "RAWWS_BENCH_BASE_SETTINGS": _example_settings_module(),
+        },
+        unavailable=_runws_unavailable,
+    ),
+    ServerSpec(
+        "websockets",
+        "websockets asyncio",
+        ours=False,
+        command=lambda python, port: [python, str(SERVERS / "websockets_asyncio.py"), "--port", str(port)],
+    ),
+]
+
+
+def _raise_open_files_limit() -> None:
+    """Soft RLIMIT_NOFILE up to the hard one, here and so in every child (they inherit it)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def _format_command(template: str, python: str, port: int) -> list[str]:
+    return shlex.split(template.format(python=python, port=port))
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+def _log_excerpt(path: Path) -> str:
+    tail = _tail(path)
+    return f"; its log ends with:\n{tail}" if tail else " (nothing in its log)"
+
+
+def machine_busy_seconds() -> float:
+    """CPU-seconds all processes of the machine spent busy so far (all cores)."""
+    with open("/proc/stat") as stat:
+        fields = [int(v) for v in stat.readline().split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
+    return (user + nice + system + irq + softirq + steal) / CLK_TCK
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+class ServerProcess:
+    """One server subprocess: start on a free port, read /proc, stop."""
+
+    def __init__(self, spec: ServerSpec, python: str, log: Path) -> None:
+        self.spec = spec
+        self.python = python
+        self.log = log
+        self.port = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    @property
+    def url(self) -> str:
+        return f"ws://{HOST}:{self.port}"
+
+    def start(self, timeout: float = 60.0) -> None:
+        self.port = _free_port()
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.spec.env()}
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                self.spec.command(self.python, self.port),
+                cwd=ROOT,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RunFailed(
+                    f"{self.spec.name} exited with {self.proc.returncode} at start{_log_excerpt(self.log)}"
+                )
+            try:
+                with socket.create_connection((HOST, self.port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise RunFailed(
+            f"{self.spec.name} did not listen on {self.port} within {timeout:.0f}s{_log_excerpt(self.log)}"
+        )
+
+    def cpu_seconds(self) -> float:
+        """User + system time of every thread of the process so far."""
+        stat = Path(f"/proc/{self.pid}/stat").read_text()
+        fields = stat[stat.rindex(")") + 2 :].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+    def status(self) -> dict[str, int]:
+        """VmRSS (KiB) and thread count."""
+        values = {}
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key == "VmRSS":
+                values["rss_kib"] = int(value.split()[0])
+            elif key == "Threads":
+                values["threads"] = int(value)
+        return values
+
+    def stop(self, timeout: float = 10.0) -> dict[str, Any]:
+        """SIGTERM, then SIGKILL after ``timeout``; say which it took."""
+        if self.proc is None or self.proc.poll() is not None:
+            return {"exit": None if self.proc is None else self.proc.returncode, "note": "had already exited"}
+        start = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(timeout)
+            return {"exit": code, "stop_s": round(time.monotonic() - start, 3)}
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            return {"exit": "killed", "note": f"still running {timeout:.0f}s after SIGTERM"}
+
+
+# ----------------------------------------------------------------- clients
+
+
+class Client:
+    """A Node load generator speaking JSON lines (see clients/common.mjs)."""
+
+    def __init__(self, script: str, cfg: dict[str, Any], log: Path) -> None:
+        self.log = log
+        with log.open("wb") as err:
+            self.proc = subprocess.Popen(
+                ["node", str(CLIENTS / script), json.dumps(cfg)],
+                cwd=BENCH,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                text=True,
+            )
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self.reports: list[dict[str, Any]] = []
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._lines.put(line)
+        self._lines.put(None)
+
+    def expect(self, phase: str, timeout: float) -> dict[str, Any]:
+        """The next report, which must be ``phase``; RunFailed otherwise."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self._lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise RunFailed(f"no {phase!r} from the client within {timeout:.0f}s") from None
+            if line is None:
+                self.proc.wait(5)
+                raise RunFailed(
+                    f"client exited ({self.proc.returncode}) before {phase!r}: {_tail(self.log, 5)}"
+                )
+            try:
+                report = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # not ours (a library's stray print)
+            self.reports.append(report)
+            if report.get("phase") == "error":
+                raise RunFailed(f"client error: {report.get('error')} {report.get('state', '')}")
+            if report.get("phase") != phase:
+                raise RunFailed(f"client said {report.get('phase')!r}, expected {phase!r}")
+            return report
+
+    def go(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.flush()
+
+    def close(self) -> None:
+        try:
+            if self.proc.stdin is not None:
+                self.proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+# --------------------------------------------------------------- scenarios
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str
+    label: str
+    fmt: str = "{:,.0f}"
+    #: "higher", "lower" or None (informational): only for the reader
+    better: str | None = None
+
+
+@dataclass
+class RunContext:
+    server: ServerProcess
+    params: dict[str, Any]
+    logdir: Path
+    tag: str
+    #: called with the server between the client's barrier and its timed phase
+    on_timed_start: Callable[[ServerProcess], None] | None = None
+    on_timed_end: Callable[[ServerProcess], None] | None = None
+
+    def client(self, script: str, cfg: dict[str, Any]) -> Client:
+        return Client(script, cfg, self.logdir / f"{self.tag}.client.log")
+
+
+def _latency(report: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    latency = report.get("latency_ms") or {}
+    return {
+        f"{prefix}p50_ms": latency.get("p50"),
+        f"{prefix}p99_ms": latency.get("p99"),
+        f"{prefix}max_ms": latency.get("max"),
+    }
+
+
+def scenario_echo(ctx: RunContext) -> tuple[dict[str, Any], list[str], dict[str, Any]]:
+    p = ctx.params
+    cfg = {
+        "url": ctx.server.url + "/ws/echo/",
+        "clients": p["clients"],
+        "rounds": p["rounds"],
+        "size": p["size"],
+    }
+    client = ctx.client("echo.mjs", cfg)
+    try:
+        ready = client.expect("ready", 60)
+        if ctx.on_timed_start:
+            ctx.on_timed_start(ctx.server)
+        cpu0, busy0 = ctx.server.cpu_seconds(), machine_busy_seconds()
+        client.go()
+        done = client.expect("done", p["timeout_s"])
+        cpu1, busy1 = ctx.server.cpu_seconds(), machine_busy_seconds()
+        if ctx.on_timed_end:
+            ctx.on_timed_end(ctx.server)
+    finally:
+        client.close()
+    elapsed = done["elapsed_s"]
+    server_cpu = cpu1 - cpu0
+    metrics = {
+        "msg_per_s": done["msg_per_s"],
+        "msg_per_cpu_s": done["messages"] / server_cpu if server_cpu > 0 else None,
+        **_latency(done),
+        "server_cores": server_cpu / elapsed,
+        "client_cores": done["client_cpu_s"]["total"] / elapsed,
+        # Anything else running on the machine meanwhile (0 on a quiet machine).
+        "others_cores": max(0.0, busy1 - busy0 - server_cpu - done["client_cpu_s"]["total"]) / elapsed,
+        "messages": done["messages"],
+    }
+    problems = []
+    if ready["connected"] < p["clients"]:
+        problems.append(f"{p['clients'] - ready['connected']} clients did not connect: {ready['errors']}")
+    if done["messages"] < done["expected"]:
+        problems.append(f"{done['expected'] - done['messages']} round trips missing")
+    if done["mismatched"]:
+        problems.append(f"{done['mismatched']} echoes differ from what was sent")
+    return metrics, problems, {"ready": ready, "done": done, "server_cpu_s": server_cpu}
+
+
+def scenario_idle(ctx: RunContext) -> tuple[dict[str, Any], list[str], dict[str, Any]]:
+    p = ctx.params
+    time.sleep(0.5)
+    before = ctx.server.status()
+    cfg = {"url": ctx.server.url + "/ws/echo/", "connections": p["connections"], "probe": p["probe"]}
+    client = ctx.client("idle.mjs", cfg)
+    try:
+        opened = client.expect("opened", p["timeout_s"])
+        time.sleep(p["settle_s"])
+        after = ctx.server.status()
+        client.go()
+        done = client.expect("done", 60)
+    finally:
+        client.close()
+    count = done["opened"]
+    metrics = {
+        "opened": count,
+        "kib_per_conn": (after["rss_kib"] - before["rss_kib"]) / count if count else None,
+        "rss_after_mib": after["rss_kib"] / 1024,
+        "threads_before": before["threads"],
+        "threads_after": after["threads"],
+        "probe_ok": done["probe_ok"],
+        "open_per_s": done["open_per_s"],
+    }
+    problems = []
+    if count < p["connections"]:
+        problems.append(f"opened {count} of {p['connections']}: {done['errors']}")
+    if done["probe_ok"] < done["probe_sent"]:
+        problems.append(
+            f"{done['probe_sent'] - done['probe_ok']} of {done['probe_sent']} probed connections did not echo"
+        )
+    if done["closed_early"]:
+        problems.append(f"{done['closed_early']} connections closed by the server while idle")
+    return metrics, problems, {"opened": opened, "done": done, "before": before, "after": after}
+
+
+def scenario_fanout(ctx: RunContext) -> tuple[dict[str, Any], list[str], dict[str, Any]]:
+    p = ctx.params
+    cfg = {
+        "url": ctx.server.url + "/ws/broadcast/",
+        "receivers": p["receivers"],
+        "messages": p["messages"],
+        "rate": p["rate"],
+        "size": p["size"],
+        "drain_timeout_s": p["drain_timeout_s"],
+    }
+    client = ctx.client("fanout.mjs", cfg)
+    try:
+        ready = client.expect("ready", 60)
+        cpu0, busy0 = ctx.server.cpu_seconds(), machine_busy_seconds()
+        client.go()
+        done = client.expect("done", p["messages"] / p["rate"] + p["drain_timeout_s"] + 30)
+        cpu1, busy1 = ctx.server.cpu_seconds(), machine_busy_seconds()
+    finally:
+        client.close()
+    metrics = {
+        "delivered_pct": done["delivered_pct"],
+        "duplicates": done["duplicates"],
+        "reordered": done["reordered"],
+        **_latency(done),
+        "server_cpu_s": cpu1 - cpu0,
+        "client_cpu_s": done["client_cpu_s"]["total"],
+        "others_cores": max(0.0, busy1 - busy0 - (cpu1 - cpu0) - done["client_cpu_s"]["total"])
+        / done["elapsed_s"],
+    }
+    problems = []
+    if ready["connected"] < p["receivers"]:
+        problems.append(f"{p['receivers'] - ready['connected']} receivers did not connect: {ready['errors']}")
+    for key in ("missing", "duplicates", "reordered", "foreign"):
+        if done[key]:
+            problems.append(f"{done[key]} {key} deliveries")
+    return metrics, problems, {"ready": ready, "done": done}
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    title: str
+    run: Callable[[RunContext], tuple[dict[str, Any], list[str], dict[str, Any]]]
+    metrics: list[Metric]
+    params: dict[str, Any]
+    quick: dict[str, Any] = field(default_factory=dict)
+    repeat: int = 3
+
+    def settings(self, quick: bool) -> dict[str, Any]:
+        return {**self.params, **(self.quick if quick else {})}
+
+
+LATENCY = [
+    Metric("p50_ms", "latency p50 (ms)", "{:,.2f}", "lower"),
+    Metric("p99_ms", "latency p99 (ms)", "{:,.2f}", "lower"),
+]
+
+SCENARIOS = [
+    Scenario(
+        "echo-small",
+        "echo-small: {clients} clients × {rounds} round trips of a {size}-byte text",
+        scenario_echo,
+        [
+            Metric("msg_per_s", "msg/s", better="higher"),
+            Metric("msg_per_cpu_s", "msg per server CPU-second", better="higher"),
+            *LATENCY,
+            Metric("server_cores", "server CPU (cores)", "{:.2f}"),
+            Metric("client_cores", "client CPU (cores)", "{:.2f}"),
+            Metric("others_cores", "other processes' CPU (cores)", "{:.2f}"),
+        ],
+        {"clients": 50, "rounds": 2000, "size": 32, "timeout_s": 180},
+        quick={"rounds": 1000},
+    ),
+    Scenario(
+        "idle",
+        "idle: {connections:,} connections to /ws/echo/, then {probe} random ones echo",
+        scenario_idle,
+        [
+            Metric("opened", "opened", better="higher"),
+            Metric("kib_per_conn", "RSS per connection (KiB)", "{:.1f}", "lower"),
+            Metric("rss_after_mib", "RSS with all open (MiB)", "{:.0f}", "lower"),
+            Metric("threads_before", "threads before"),
+            Metric("threads_after", "threads after"),
+            Metric("probe_ok", "probes echoed", better="higher"),
+            Metric("open_per_s", "opened per second (client-paced)", better="higher"),
+        ],
+        {"connections": 10_000, "probe": 100, "settle_s": 1.0, "timeout_s": 180},
+        quick={"connections": 2_000},
+    ),
+    Scenario(
+        "fanout",
+        "fan-out: {receivers} receivers on /ws/broadcast/, one sender at {rate} msg/s for {messages} messages",
+        scenario_fanout,
+        [
+            Metric("delivered_pct", "delivered (%)", "{:.2f}", "higher"),
+            Metric("duplicates", "duplicates", better="lower"),
+            Metric("reordered", "reordered", better="lower"),
+            *LATENCY,
+            Metric("max_ms", "latency max (ms)", "{:,.2f}", "lower"),
+            Metric("server_cpu_s", "server CPU (s)", "{:.2f}", "lower"),
+            Metric("client_cpu_s", "client CPU (s)", "{:.2f}"),
+            Metric("others_cores", "other processes' CPU (cores)", "{:.2f}"),
+        ],
+        {"receivers": 1000, "messages": 100, "rate": 20, "size": 32, "drain_timeout_s": 15},
+        quick={"messages": 40},
+    ),
+]
+
+
+# --------------------------------------------------------------- reporting
+
+
+def _summary(values: list[float]) -> dict[str, float] | None:
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
+
+
+def _cell(summary: dict[str, float] | None, fmt: str) -> str:
+    if summary is None:
+        return "—"
+    median = fmt.format(summary["median"])
+    if summary["n"] == 1 or summary["min"] == summary["max"]:
+        return median
+    return f"{median} ({fmt.format(summary['min'])}–{fmt.format(summary['max'])})"
+
+
+def summarize(runs: list[dict[str, Any]], specs: list[ServerSpec]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for scenario in SCENARIOS:
+        mine = [run for run in runs if run["scenario"] == scenario.name]
+        if not mine:
+            continue
+        per_server = {}
+        for spec in specs:
+            theirs = [run for run in mine if run["server"] == spec.name]
+            if not theirs:
+                continue
+            ok = [run for run in theirs if run["ok"]]
+            per_server[spec.name] = {
+                "runs": len(theirs),
+                "failed": len(theirs) - len(ok),
+                "metrics": {
+                    m.key: _summary([run["metrics"].get(m.key) for run in ok]) for m in scenario.metrics
+                },
+            }
+        out[scenario.name] = per_server
+    return out
+
+
+def markdown(
+    summary: dict[str, Any], runs: list[dict[str, Any]], specs: list[ServerSpec], quick: bool
+) -> str:
+    lines = []
+    names = {spec.name: spec for spec in specs}
+    for scenario in SCENARIOS:
+        per_server = summary.get(scenario.name)
+        if not per_server:
+            continue
+        settings = scenario.settings(quick)
+        shown = [name for name in names if name in per_server]
+        ours = [name for name in shown if names[name].ours and REFERENCE in per_server]
+        reps = max(per_server[name]["runs"] for name in shown)
+        lines.append(f"#### {scenario.title.format(**settings)} ({reps} run{'s' if reps > 1 else ''} each)")
+        lines.append("")
+        header = [
+            "metric",
+            *(names[name].label for name in shown),
+            *(f"{name} / {REFERENCE}" for name in ours),
+        ]
+        lines.append("| " + " | ".join(header) + " |")
+        lines.append("|" + "---|" * len(header))
+        for metric in scenario.metrics:
+            label = metric.label + {"higher": " ↑", "lower": " ↓"}.get(metric.better or "", "")
+            row = [label]
+            for name in shown:
+                row.append(_cell(per_server[name]["metrics"].get(metric.key), metric.fmt))
+            for name in ours:
+                mine = per_server[name]["metrics"].get(metric.key)
+                ref = per_server[REFERENCE]["metrics"].get(metric.key)
+                if metric.better and mine and ref and ref["median"]:
+                    row.append(f"{mine['median'] / ref['median']:.2f}×")
+                else:
+                    row.append("—")
+            lines.append("| " + " | ".join(row) + " |")
+        failed = {name: per_server[name]["failed"] for name in shown if per_server[name]["failed"]}
+        if failed:
+            lines.append(
+                "| failed runs | "
+                + " | ".join(str(per_server[n]["failed"]) for n in shown)
+                + " |"
+                + " |" * len(ours)
+            )
+        lines.append("")
+        notes = []
+        for run in runs:
+            if run["scenario"] != scenario.name:
+                continue
+            who = f"{names[run['server']].label}, run {run['rep'] + 1}"
+            if not run["ok"]:
+                notes.append(f"- {who}: FAILED: {run['error'].splitlines()[0] if run['error'] else '?'}")
+            for problem in run.get("problems", []):
+                notes.append(f"- {who}: {problem}")
+        if notes:
+            lines.extend(notes)
+            lines.append("")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ driver
+
+
+def _command_output(argv: list[str]) -> str:
+    try:
+        return subprocess.run(
+            argv, capture_output=True, text=True, timeout=30, cwd=ROOT, check=False
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def environment(python: str) -> dict[str, Any]:
+    """The machine and the versions, for the JSON and docs/benchmarks.md."""
+    model = ""
+    for line in _command_output(["lscpu"]).splitlines():
+        if line.startswith("Model name:"):
+            model = line.split(":", 1)[1].strip()
+    probe = (
+        "import json, sys, django, websockets; "
+        "print(json.dumps({'python': sys.version.split()[0], 'django': django.get_version(), "
+        "'websockets': websockets.__version__}))"
+    )
+    try:
+        versions = json.loads(_command_output([python, "-c", probe]) or "{}")
+    except json.JSONDecodeError:
+        versions = {}
+    ws_package = BENCH / "node_modules" / "ws" / "package.json"
+    versions["node"] = _command_output(["node", "--version"])
+    versions["ws (node)"] = json.loads(ws_package.read_text())["version"] if ws_package.exists() else None
+    commit = _command_output(["git", "rev-parse", "--short", "HEAD"])
+    dirty = bool(_command_output(["git", "status", "--porcelain", "--", "django_rawws"]))
+    meminfo = Path("/proc/meminfo").read_text().splitlines()[0].split()
+    return {
+        "cpu_model": model,
+        "cpus": os.cpu_count(),
+        "memory_gib": round(int(meminfo[1]) / (1 << 20), 1),
+        "kernel": platform.release(),
+        "open_files_limit": resource.getrlimit(resource.RLIMIT_NOFILE),
+        "load_average_at_start": [round(v, 2) for v in os.getloadavg()],
+        "versions": versions,
+        "django_rawws": commit + (" (modified)" if dirty else ""),
+    }
+
+
+def ensure_node_modules() -> None:
+    if shutil.which("node") is None:
+        sys.exit("bench/run.py needs Node.js (node >= 18) for its load generators")
+    if not (BENCH / "node_modules" / "ws").exists():
+        print("bench/node_modules is missing: running `npm ci` in bench/", file=sys.stderr)
+        subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=BENCH, check=True)
+
+
+def wait_for_quiet(budget: float, threshold: float = 0.25) -> float:
+    """Wait (up to ``budget`` seconds) until other processes use under ``threshold`` cores; return their use."""
+    deadline = time.monotonic() + budget
+    while True:
+        busy0, t0 = machine_busy_seconds(), time.monotonic()
+        time.sleep(1.0)
+        others = (machine_busy_seconds() - busy0) / (time.monotonic() - t0)
+        if others < threshold or time.monotonic() >= deadline:
+            return others
+        time.sleep(2.0)
+
+
+def run_one(
+    scenario: Scenario, spec: ServerSpec, rep: int, python: str, settings: dict[str, Any], logdir: Path
+) -> dict[str, Any]:
+    tag = f"{scenario.name}-{spec.name}-{rep + 1}"
+    record: dict[str, Any] = {
+        "scenario": scenario.name,
+        "server": spec.name,
+        "rep": rep,
+        "ok": False,
+        "error": None,
+    }
+    server = ServerProcess(spec, python, logdir / f"{tag}.server.log")
+    started = time.monotonic()
+    try:
+        server.start()
+        metrics, problems, raw = scenario.run(RunContext(server, settings, logdir, tag))
+        record.update(ok=True, metrics=metrics, problems=problems, raw=raw)
+    except RunFailed as exc:
+        record["error"] = str(exc)
+    except Exception as exc:  # noqa: BLE001 - a harness bug must not lose the other runs
+        record["error"] = f"{type(exc).__name__}: {exc}"
+    finally:
+        record["stop"] = server.stop(timeout=10.0)
+        if record["stop"].get("exit") == "killed":
+            record.setdefault("problems", []).append(f"the server {record['stop']['note']} (killed)")
+        record["wall_s"] = round(time.monotonic() - started, 2)
+        record["server_log"] = str(server.log.relative_to(ROOT))
+    return record
+
+
+class PySpyRecorder:
+    """``py-spy record`` attached to a server for the timed phase of a scenario."""
+
+    def __init__(self, py_spy: str, out: Path) -> None:
+        self.argv = [py_spy, "record", "--threads", "--rate", str(PROFILE_RATE), "--format", "raw"]
+        self.out = out
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.seconds = 0.0
+
+    def start(self, server: ServerProcess) -> None:
+        argv = [*self.argv, "-o", str(self.out), "--pid", str(server.pid)]
+        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(1.0)  # let it attach before the timed phase
+        self.seconds = -time.monotonic()
+
+    def stop(self, server: ServerProcess) -> None:
+        self.seconds += time.monotonic()
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+        self.proc.wait(30)
+
+
+def profile(specs: list[ServerSpec], python: str, quick: bool, logdir: Path, stamp: str) -> None:
+    """echo-small once per server of ours under ``py-spy record``; top frames to stdout."""
+    py_spy = shutil.which("py-spy") or str(Path(python).parent / "py-spy")
+    if not Path(py_spy).exists():
+        sys.exit(f"py-spy not found: `{Path(python).parent / 'pip'} install py-spy`")
+    scenario = next(s for s in SCENARIOS if s.name == "echo-small")
+    # Long enough for a few thousand samples.
+    settings = {**scenario.settings(quick), "rounds": 1000 if quick else 6000}
+    for spec in specs:
+        if not spec.ours:
+            continue
+        out = RESULTS / f"{stamp}-profile-{spec.name}.txt"
+        recorder = PySpyRecorder(py_spy, out)
+        server = ServerProcess(spec, python, logdir / f"profile-{spec.name}.server.log")
+        try:
+            server.start()
+            metrics, _, _ = scenario_echo(
+                RunContext(server, settings, logdir, f"profile-{spec.name}", recorder.start, recorder.stop)
+            )
+        finally:
+            server.stop()
+        print(
+            f"\n## {spec.label}: echo-small under py-spy ({metrics['msg_per_s']:,.0f} msg/s while sampled)\n"
+        )
+        print(summarize_profile(out, recorder.seconds))
+        print(f"\ncollapsed stacks: {out.relative_to(ROOT)}")
+
+
+def summarize_profile(path: Path, seconds: float, top: int = 12) -> str:
+    """Where each kind of thread spends its wall time, by function (line numbers dropped).
+
+    py-spy samples the threads it does not judge idle: running, runnable, or
+    inside a system call such as ``send``; a thread woken and waiting for the
+    GIL or a CPU shows at the line where it waits (``tasks.get()`` in
+    ``WorkerPool._run`` for a worker). py-spy's ``--gil`` mode finds almost no
+    samples on this Python, so CPU time is read from /proc instead (the
+    table's server CPU).
+    """
+    own: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+    total: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+    samples: collections.Counter[str] = collections.Counter()
+    for line in path.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack:
+            continue
+        count = int(count_text)
+        frames = [re.sub(r":\d+\)$", ")", frame) for frame in stack.split(";")]
+        thread = re.sub(r"\s*\(\d+\)|\s*\(?0x[0-9a-f]+\)?", "", frames[0]).replace("thread:", "").strip()
+        group = re.sub(r"-\d+$", "-N", thread)
+        samples[group] += count
+        own[group][frames[-1]] += count
+        for frame in set(frames[1:]):
+            total[group][frame] += count
+    if not samples:
+        return "(no samples)"
+    lines = [
+        f"{sum(samples.values())} samples over {seconds:.1f}s at {PROFILE_RATE} Hz, every thread, idle included"
+    ]
+    for group, n in samples.most_common():
+        threads = n / (PROFILE_RATE * seconds)
+        lines += ["", f"{group} ({threads:.1f} thread(s)' worth of samples), self:"]
+        lines += [f"  {100 * k / n:5.1f}%  {name}" for name, k in own[group].most_common(top)]
+        lines += [f"{group}, total (anywhere on the stack):"]
+        lines += [f"  {100 * k / n:5.1f}%  {name}" for name, k in total[group].most_common(top + 3)[3:]]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="one run each, smaller scenarios")
+    parser.add_argument("--servers", help="comma-separated: " + ",".join(s.name for s in SERVER_SPECS))
+    parser.add_argument("--scenarios", help="comma-separated: " + ",".join(s.name for s in SCENARIOS))
+    parser.add_argument("--repeat", type=int, help="runs per scenario and server (default 3, --quick 1)")
+    parser.add_argument(
+        "--python", help="interpreter of the Python servers (default: .venv/bin/python if present)"
+    )
+    parser.add_argument("--output", type=Path, help="JSON file (default bench/results/<timestamp>.json)")
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="before each run, wait up to this long for other processes to use under 0.25 core",
+    )
+    parser.add_argument(
+        "--profile", action="store_true", help="profile echo-small on our servers with py-spy instead"
+    )
+    parser.add_argument(
+        "--extra-server",
+        action="append",
+        default=[],
+        metavar="NAME=COMMAND",
+        help="an experiment to run as one of ours, e.g. 'w1={python} bench/servers/rawws_plain.py --workers 1 --port {port}'",
+    )
+    args = parser.parse_args()
+
+    venv_python = ROOT / ".venv" / "bin" / "python"
+    python = args.python or (str(venv_python) if venv_python.exists() else sys.executable)
+    wanted_servers = set(args.servers.split(",")) if args.servers else None
+    wanted_scenarios = set(args.scenarios.split(",")) if args.scenarios else None
+    extra_names = {item.partition("=")[0] for item in args.extra_server}
+    for wanted, known in ((wanted_servers, SERVER_SPECS), (wanted_scenarios, SCENARIOS)):
+        unknown = (wanted or set()) - {item.name for item in known} - extra_names
+        if unknown:
+            parser.error(f"unknown: {', '.join(sorted(unknown))}")
+
+    ensure_node_modules()
+    _raise_open_files_limit()
+    # SIGTERM unwinds like Ctrl-C, so the running server and client are stopped too.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    RESULTS.mkdir(exist_ok=True)
+    logdir = RESULTS / f"{stamp}-logs"
+    logdir.mkdir()
+
+    extra = []
+    for item in args.extra_server:
+        name, _, command = item.partition("=")
+        if not name or "{port}" not in command:
+            parser.error(f"--extra-server wants NAME=COMMAND with {{port}} in it, got {item!r}")
+        extra.append(ServerSpec(name, name, ours=True, command=functools.partial(_format_command, command)))
+    specs, skipped = [], {}
+    for spec in [*SERVER_SPECS, *extra]:
+        if wanted_servers is not None and spec.name not in wanted_servers:
+            continue
+        reason = spec.unavailable()
+        if reason:
+            skipped[spec.name] = reason
+            print(f"skipping {spec.label}: {reason}", file=sys.stderr)
+        else:
+            specs.append(spec)
+
+    if args.profile:
+        profile(specs, python, args.quick, logdir, stamp)
+        return
+
+    load = os.getloadavg()[0]
+    if load > 0.5:
+        print(
+            f"warning: the 1-minute load average is {load:.2f}: other processes will skew the figures",
+            file=sys.stderr,
+        )
+    scenarios = [s for s in SCENARIOS if wanted_scenarios is None or s.name in wanted_scenarios]
+    runs = []
+    started = time.monotonic()
+    for scenario in scenarios:
+        settings = scenario.settings(args.quick)
+        repeat = args.repeat or (1 if args.quick else scenario.repeat)
+        for rep in range(repeat):
+            # Rotate the order each repetition so no server always goes first.
+            order = specs[rep % len(specs) :] + specs[: rep % len(specs)]
+            for spec in order:
+                others = wait_for_quiet(args.quiet_wait) if args.quiet_wait else None
+                record = run_one(scenario, spec, rep, python, settings, logdir)
+                record["others_before_cores"] = others
+                status = "ok" if record["ok"] else f"FAILED: {record['error'].splitlines()[0]}"
+                print(
+                    f"[{time.monotonic() - started:6.0f}s] {scenario.name} {spec.name} run {rep + 1}/{repeat}: {status}",
+                    file=sys.stderr,
+                )
+                runs.append(record)
+
+    summary = summarize(runs, specs)
+    table = markdown(summary, runs, specs, args.quick)
+    env = environment(python)
+    command = "python bench/run.py " + " ".join(sys.argv[1:])
+    output = args.output or RESULTS / f"{stamp}.json"
+    output.write_text(
+        json.dumps(
+            {
+                "timestamp": stamp,
+                "command": command.strip(),
+                "quick": args.quick,
+                "environment": env,
+                "servers": {
+                    s.name: {"label": s.label, "ours": s.ours, "command": s.command(python, 0)} for s in specs
+                },
+                "skipped_servers": skipped,
+                "scenarios": {s.name: s.settings(args.quick) for s in scenarios},
+                "summary": summary,
+                "runs": runs,
+                "markdown": table,
+                "duration_s": round(time.monotonic() - started, 1),
+            },
+            indent=1,
+        )
+    )
+    versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items())
+    print(
+        f"Machine: {env['cpus']} × {env['cpu_model']}, {env['memory_gib']} GiB, Linux {env['kernel']}; {versions}; django_rawws {env['django_rawws']}"
+    )
+    print(f"Ratios: median of ours / median of {REFERENCE}. ↑ higher is better, ↓ lower is better.\n")
+    print(table)
+    for name, reason in skipped.items():
+        print(f"(skipped {name}: {reason})")
+    print(
+        f"raw results: {output.relative_to(ROOT) if output.is_relative_to(ROOT) else output}; logs: {logdir.relative_to(ROOT)}/"
+    )
+
+
+if __name__ == "__main__":
+    main()
