@@ -1,10 +1,125 @@
-"""The example's consumers, written with the public API only."""
+"""The example's consumers, written with the public API only.
 
-from django_rawws.consumers import WebSocketConsumer
+* ``RoomConsumer`` (``/ws/rooms/<slug>/``): the chat. JSON both ways, the ORM
+  in every hook, event sends so that each member gets its own view of a message.
+* ``EchoConsumer`` (``/ws/echo/``) and ``BroadcastConsumer`` (``/ws/broadcast/``):
+  the smallest consumers there are, also used by the tests and benchmarks.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.shortcuts import get_object_or_404
+
+from django_rawws.consumers import JsonWebSocketConsumer, WebSocketConsumer
 from django_rawws.groups import push
 from django_rawws.protocol.codes import CloseCode
 
+from .models import Message, Room
+from .text import clean_message_text
+
 BROADCAST_GROUP = "broadcast"
+
+
+class RoomConsumer(JsonWebSocketConsumer):
+    """One member's connection to a chat room.
+
+    The client sends ``{"type": "message", "text": "..."}``. It receives:
+
+    * ``{"type": "history", "messages": [...], "truncated": bool}`` once, at
+      connect: the messages after ``?after=<id>`` (what a reconnecting page
+      missed), or the last ``CHAT_HISTORY`` without it, each as a live one
+      below. ``truncated`` says more were missed than fit, so the page
+      should reload;
+    * ``{"type": "message", "id", "room", "author", "text", "created", "mine"}``
+      for every message posted in the room, its own included;
+    * ``{"type": "join" | "leave", "user": "..."}`` when another connection
+      opens or closes on the room;
+    * ``{"type": "error", "error": "..."}`` for a message it refused.
+    """
+
+    # Anonymous handshakes are refused with 403 before connect() runs. The user
+    # is loaded then, so every later self.user costs no query.
+    login_required = True
+    # A chat message is small: anything bigger closes the connection with 1009.
+    max_message_size = 16 << 10
+
+    room: Room | None = None
+
+    def connect(self) -> None:
+        self.room = get_object_or_404(Room, slug=self.kwargs["slug"])  # Http404: the handshake gets 404
+        # Join before the 101, as `groups` would be joined: a message posted
+        # from now on is delivered live. One posted before is in the history
+        # read below; one in both is sent twice, and the page keeps it once (by id).
+        self.join(self.room.group)
+        self.accept()
+        # The notice first: once this client reads its history, the others have been told.
+        push(self.room.group, event={"type": "chat.join", "user": self.user.get_username()}, exclude=self)
+        self.send_history(after=_parse_id(self.request.GET.get("after")))
+
+    def disconnect(self, code: int) -> None:
+        # The connection has already left its groups: the others get the notice.
+        if self.room is not None and self.accepted:
+            push(self.room.group, event={"type": "chat.leave", "user": self.user.get_username()})
+
+    def receive_json(self, content: Any) -> None:
+        if not isinstance(content, dict) or content.get("type") != "message":
+            self.send_json({"type": "error", "error": 'expected {"type": "message", "text": "..."}'})
+            return
+        try:
+            text = clean_message_text(content.get("text"))
+        except (TypeError, ValueError) as error:
+            self.send_json({"type": "error", "error": str(error)})
+            return
+        assert self.room is not None
+        message = Message.objects.create(room=self.room, author=self.user, text=text)
+        # An event send: each member's chat_message() shapes what it receives.
+        # Inside a transaction (ATOMIC_REQUESTS) it would wait for the commit.
+        push(self.room.group, event={"type": "chat.message", "message": message.as_json()})
+
+    # ----------------------------------------------------------- group events
+
+    def chat_message(self, event: dict[str, Any]) -> None:
+        self.send_json(self.for_me(event["message"]))
+
+    def chat_join(self, event: dict[str, Any]) -> None:
+        self.send_json({"type": "join", "user": event["user"]})
+
+    def chat_leave(self, event: dict[str, Any]) -> None:
+        self.send_json({"type": "leave", "user": event["user"]})
+
+    # ---------------------------------------------------------------- helpers
+
+    def for_me(self, message: dict[str, Any]) -> dict[str, Any]:
+        """A message as this member sees it, live or in history: ``mine`` instead of the author's id."""
+        shaped = {"type": "message", **message}
+        shaped["mine"] = shaped.pop("author_id") == self.user.pk
+        return shaped
+
+    def send_history(self, after: int | None) -> None:
+        assert self.room is not None
+        limit = settings.CHAT_HISTORY
+        messages = self.room.messages.select_related("author").order_by("-id")
+        if after is not None:
+            messages = messages.filter(id__gt=after)
+        latest = list(messages[: limit + 1])
+        truncated = after is not None and len(latest) > limit
+        self.send_json(
+            {
+                "type": "history",
+                "messages": [self.for_me(message.as_json()) for message in reversed(latest[:limit])],
+                "truncated": truncated,
+            }
+        )
+
+
+def _parse_id(value: str | None) -> int | None:
+    """``?after=`` as a message id; anything else means "no resume point"."""
+    if value is None or not value.isascii() or not value.isdigit() or len(value) > 18:
+        return None
+    return int(value)
 
 
 class EchoConsumer(WebSocketConsumer):

@@ -1,7 +1,9 @@
 """Settings of the example project: a development setup that runs on SQLite alone.
 
-``python manage.py runws`` serves the WebSocket routes of ``chat.wsurls``:
-``/ws/echo/`` and ``/ws/broadcast/``.
+``python manage.py migrate && python manage.py runws`` serves the whole site on
+one port: the chat's pages (HTTP, through the WSGI application) and the
+WebSocket routes of ``chat.wsurls``: ``/ws/rooms/<slug>/``, ``/ws/echo/`` and
+``/ws/broadcast/``. See docs/chat-example.md.
 """
 
 import os
@@ -78,6 +80,17 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "chat:room_list"
+LOGOUT_REDIRECT_URL = "login"
+
+# The demo users, created by ``migrate`` (chat/demo.py) and listed on the
+# login page so the chat works at once. Set CHAT_DEMO_USERS = [] for a real site.
+CHAT_DEMO_USERS = ["alice", "bob", "carol"]
+CHAT_DEMO_PASSWORD = "rawws-demo"
+# Messages a room page shows when it loads, and a reconnecting client catches up on.
+CHAT_HISTORY = 50
 
 RAWWS = {
     # The WebSocket routes; limits per route are consumer attributes (see
