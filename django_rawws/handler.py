@@ -35,6 +35,7 @@ import io
 import ipaddress
 import logging
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -148,12 +149,20 @@ class DjangoApplication:
             try:
                 sock.sendall(build_reject(error))
                 sock.shutdown(socket.SHUT_WR)
+                _drain(sock)
             except OSError:
                 pass
             return
         from .plain_http import serve_http
 
-        serve_http(sock, client_address, prefix, self.wsgi_application, secure=self.secure)
+        serve_http(
+            sock,
+            client_address,
+            prefix,
+            self.wsgi_application,
+            secure=self.secure or isinstance(sock, ssl.SSLSocket),
+            workers=get_config()["HTTP_WORKERS"],
+        )
 
     # --------------------------------------------------- the server interface
 
@@ -202,6 +211,17 @@ class DjangoApplication:
                 code = state.failed_code
             state.context.run(self._call, conn, state, consumer.disconnect, (code,), {}, True)
 
+    def close_old_connections(self) -> None:
+        """Database hygiene before and after every handler call, as Django does around a request.
+
+        Overridden by the in-process test communicator
+        (:mod:`django_rawws.testing`): there the handlers run inside the
+        test's transaction, which closing the connection would destroy, so
+        it skips this as Django's test client disconnects
+        ``close_old_connections`` from the request signals.
+        """
+        close_old_connections()
+
     def worker_exit(self) -> None:
         """A worker thread stops: give its database connections back (and stop the watchdog if idle)."""
         connections.close_all()
@@ -225,6 +245,7 @@ class DjangoApplication:
 
     def _handshake(self, conn: Any, handshake: Any, state: _ConnectionState) -> None:
         _begin_call()
+        self.close_old_connections()
         try:
             self._decide(conn, handshake, state)
         except HandshakeError as error:
@@ -235,10 +256,11 @@ class DjangoApplication:
                 self._report(error, state.request, f"the handshake of {handshake.path}")
             _reject(conn, response)
         finally:
-            close_old_connections()
+            self.close_old_connections()
 
     def _decide(self, conn: Any, handshake: Any, state: _ConnectionState) -> None:
-        request = WSGIRequest(build_environ(conn, handshake))
+        secure = self.secure or isinstance(getattr(conn, "sock", None), ssl.SSLSocket)
+        request = WSGIRequest(build_environ(conn, handshake, secure=secure))
         state.request = request
         try:
             request.get_host()
@@ -275,10 +297,11 @@ class DjangoApplication:
     ) -> None:
         """One handler call after the handshake, wrapped like a request."""
         _begin_call()
+        self.close_old_connections()
         try:
             self._run(conn, state, method, args, kwargs, disconnecting)
         finally:
-            close_old_connections()
+            self.close_old_connections()
 
     def _run(
         self,
@@ -350,7 +373,6 @@ def _begin_call() -> None:
     timezone.deactivate()
     set_urlconf(None)
     set_script_prefix(settings.FORCE_SCRIPT_NAME or "/")
-    close_old_connections()
 
 
 def _atomic_requests(method: Callable[..., Any]) -> contextlib.AbstractContextManager[Any]:
@@ -370,6 +392,25 @@ def _atomic_requests(method: Callable[..., Any]) -> contextlib.AbstractContextMa
     for alias in aliases:
         stack.enter_context(transaction.atomic(using=alias))
     return stack
+
+
+def _drain(sock: Any, limit: int = 1 << 16, timeout: float = 2.0) -> None:
+    """Read, for a moment, what the client still sends after our answer (a lingering close).
+
+    Closing with unread bytes (a request body) would reset the connection,
+    and the reset can destroy the answer before the client reads it.
+    """
+    deadline = time.monotonic() + timeout
+    received = 0
+    while received < limit:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return
+        sock.settimeout(remaining)
+        data = sock.recv(1 << 16)
+        if not data:
+            return
+        received += len(data)
 
 
 def _reject(conn: Any, error: HandshakeError) -> None:
@@ -400,8 +441,11 @@ def _handshake_error_for(error: Exception, request: Any) -> HandshakeError:
 # ------------------------------------------------------------------ environ
 
 
-def build_environ(conn: Any, handshake: Any) -> dict[str, Any]:
+def build_environ(conn: Any, handshake: Any, *, secure: bool = False) -> dict[str, Any]:
     """A WSGI environ for the handshake, as a WSGI server would build it (PEP 3333).
+
+    ``secure``: the client reached us over TLS (``wss://``), so
+    ``wsgi.url_scheme`` is ``https`` and ``request.is_secure()`` is true.
 
     Header names containing ``_`` are dropped, as ``runserver`` does, so that
     ``X_Forwarded_For`` cannot pose as ``X-Forwarded-For``. ``CONTENT_LENGTH``
@@ -422,7 +466,7 @@ def build_environ(conn: Any, handshake: Any) -> dict[str, Any]:
         "REMOTE_ADDR": peer_host,
         "REMOTE_PORT": peer_port,
         "wsgi.version": (1, 0),
-        "wsgi.url_scheme": "http",
+        "wsgi.url_scheme": "https" if secure else "http",
         "wsgi.input": io.BytesIO(),
         "wsgi.errors": sys.stderr,
         "wsgi.multithread": True,

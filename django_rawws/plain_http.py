@@ -1,33 +1,88 @@
 """Plain HTTP on the WebSocket port, through Django's own development handler.
 
-The server's I/O thread has already read the request head (with its limits)
-when it finds a request that is not an upgrade; it hands the socket and the
-bytes read so far to this module on a thread of the HTTP pool. Django's
-``WSGIRequestHandler`` — the one ``runserver`` uses — then serves it, keep-alive
-included, reading the bytes already read first and the socket after them. No
-second HTTP/1.1 parser of ours: the HTTP side has ``runserver``'s quality, and
-a site in production sends HTTP to a WSGI server and only WebSockets here.
+The server's I/O thread has already read the request head (with its limits
+and its deadline) when it finds a request that is not an upgrade; it hands
+the socket and the bytes read so far to this module on a thread of the HTTP
+pool. Django's ``WSGIRequestHandler`` — the one ``runserver`` uses — then
+serves it, keep-alive included, reading the bytes already read first and the
+socket after them. No second HTTP/1.1 parser of ours: the HTTP side has
+``runserver``'s quality, and a site in production sends HTTP to a WSGI server
+and only WebSockets here.
+
+Keep-alive and the bounded pool: ``runserver`` gives every connection a
+thread of its own, so an idle keep-alive connection costs nothing there.
+Here the HTTP pool has a fixed number of threads, and a connection waiting
+for its next request holds one; a browser opens up to six connections per
+host, so a page's requests could queue behind idle connections until they
+time out. An idle connection therefore gives its thread up (it is closed,
+as any keep-alive connection may be) as soon as every thread of the pool is
+taken; otherwise it waits for its next request up to the socket timeout (the
+server sets ``HANDSHAKE_TIMEOUT``).
 """
 
 from __future__ import annotations
 
 import io
+import logging
+import select
 import socket
 import socketserver
+import ssl
+import threading
+import time
 from typing import Any
 
 from django.core.servers.basehttp import WSGIRequestHandler
 
 __all__ = ["serve_http"]
 
+#: Django's logger for runserver's request lines.
+server_logger = logging.getLogger("django.server")
+
+#: Seconds between two looks at the pool while a connection waits, idle,
+#: for its next request: the longest a queued connection waits for it.
+IDLE_CHECK_INTERVAL = 0.05
+
+
+class _Occupancy:
+    """How many connections the HTTP handlers of this process are holding.
+
+    Counted per process, not per server: with two servers in one process
+    (tests), idle connections give way a little early, never late.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.count = 0
+
+    def enter(self) -> None:
+        with self._lock:
+            self.count += 1
+
+    def leave(self) -> None:
+        with self._lock:
+            self.count -= 1
+
+
+_occupancy = _Occupancy()
+
 
 class _PrefixedReader(io.RawIOBase):
-    """A raw stream that yields ``prefix`` first, then what the socket receives."""
+    """A raw stream that yields ``prefix`` first, then what the socket receives.
 
-    def __init__(self, prefix: bytes, sock: socket.socket) -> None:
+    Between two requests of a keep-alive connection (``awaiting_request``),
+    a read first waits for the socket to become readable, and ends the input
+    instead when the wait is over: after the socket timeout, or at once when
+    ``crowded()`` says another connection needs the thread. Within a request,
+    the socket timeout raises ``TimeoutError``.
+    """
+
+    def __init__(self, prefix: bytes, sock: socket.socket, crowded: Any) -> None:
         super().__init__()
         self._prefix = memoryview(prefix)
         self._sock = sock
+        self._crowded = crowded
+        self.awaiting_request = False
 
     def readable(self) -> bool:
         return True
@@ -38,28 +93,83 @@ class _PrefixedReader(io.RawIOBase):
             buffer[:size] = self._prefix[:size]
             self._prefix = self._prefix[size:]
             return size
+        if self.awaiting_request:
+            if not self._next_request_arrives():
+                return 0
+            self.awaiting_request = False
         try:
             return self._sock.recv_into(buffer)
-        except (TimeoutError, ConnectionError, OSError):
-            return 0  # an idle keep-alive client or a reset: end of input
+        except TimeoutError:
+            # Mid-request: an error, never an early end, which would hand the
+            # view a truncated body as if it were whole.
+            raise
+        except OSError:
+            return 0  # a reset: end of input
+
+    def _next_request_arrives(self) -> bool:
+        sock = self._sock
+        if isinstance(sock, ssl.SSLSocket) and sock.pending():
+            return True  # decrypted bytes the descriptor no longer signals
+        timeout = sock.gettimeout()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        poller = select.poll()
+        try:
+            poller.register(sock, select.POLLIN)
+        except (OSError, ValueError):
+            return False
+        wait = 0.0  # first a look without waiting: a request may be there already
+        while True:
+            try:
+                if poller.poll(wait * 1000):
+                    # Bytes, or the end. Peeked below TLS: a TLS read of a bare
+                    # EOF (a client gone, the server's shutdown) would answer it
+                    # with an alert instead of a quiet close.
+                    return bool(socket.socket.recv(sock, 1, socket.MSG_PEEK))
+            except OSError:
+                return False
+            if self._crowded():
+                return False
+            wait = IDLE_CHECK_INTERVAL
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                wait = min(wait, remaining)
 
 
 class _RequestHandler(WSGIRequestHandler):
     prefix = b""
+    workers: int | None = None
 
     def setup(self) -> None:
         super().setup()
         self.rfile.close()  # the plain socket reader; the socket itself stays open
         size = self.rbufsize if self.rbufsize > 0 else io.DEFAULT_BUFFER_SIZE
-        self.rfile = io.BufferedReader(_PrefixedReader(self.prefix, self.connection), size)
+        self._reader = _PrefixedReader(self.prefix, self.connection, self._crowded)
+        self.rfile = io.BufferedReader(self._reader, size)
+        self._requests = 0
+
+    def handle_one_request(self) -> None:
+        # Only the reads before a keep-alive request's first byte may give up early.
+        self._reader.awaiting_request = self._requests > 0
+        self._requests += 1
+        try:
+            super().handle_one_request()
+        except TimeoutError:
+            # A head that stopped coming (a body that did is the view's
+            # UnreadablePostError, answered by Django).
+            server_logger.info("request from %s timed out", self.client_address[0])
+            self.close_connection = True
+
+    def _crowded(self) -> bool:
+        return self.workers is not None and _occupancy.count >= self.workers
 
 
 class _ServerShim(socketserver.ThreadingMixIn):
     """What the request handler asks of its server: the WSGI app and a base environ.
 
     A ThreadingMixIn, because Django's handler keeps connections alive only
-    for a threading server (each keep-alive connection holds a thread of the
-    HTTP pool until it goes idle for the handshake timeout).
+    for a threading server.
     """
 
     def __init__(self, application: Any, server_name: str, server_port: int, secure: bool) -> None:
@@ -73,6 +183,7 @@ class _ServerShim(socketserver.ThreadingMixIn):
             "SCRIPT_NAME": "",
         }
         if secure:
+            # wsgiref derives wsgi.url_scheme ("https") from it.
             self.base_environ["HTTPS"] = "on"
 
     def get_app(self) -> Any:
@@ -86,9 +197,19 @@ def serve_http(
     application: Any,
     *,
     secure: bool = False,
+    workers: int | None = None,
 ) -> None:
-    """Serve the HTTP requests of ``sock`` (the first one's bytes in ``prefix``) with ``application``."""
+    """Serve the HTTP requests of ``sock`` (the first one's bytes in ``prefix``) with ``application``.
+
+    ``workers`` is the number of threads serving HTTP: once that many
+    connections are held, one waiting idle for a next request is closed so
+    that a queued connection gets its thread. ``None``: never closed early.
+    """
     local = sock.getsockname()
     server = _ServerShim(application, str(local[0]), int(local[1]), secure)
-    handler_class = type("PrefixedRequestHandler", (_RequestHandler,), {"prefix": prefix})
-    handler_class(sock, client_address, server)
+    handler_class = type("PrefixedRequestHandler", (_RequestHandler,), {"prefix": prefix, "workers": workers})
+    _occupancy.enter()
+    try:
+        handler_class(sock, client_address, server)
+    finally:
+        _occupancy.leave()

@@ -1,4 +1,4 @@
-"""``manage.py runws``: argument parsing, the banner, signals, exit codes and autoreload (1012).
+"""``manage.py runws``: argument parsing, the banner, signals, exit codes, autoreload (1012), and the HTTP, TLS and --ws-only options.
 
 Unit tests drive the command in-process with a stand-in server; the others run
 the example project's ``manage.py runws`` in a subprocess and talk to it over
@@ -9,12 +9,15 @@ a socket, a process exit), never on the clock alone.
 from __future__ import annotations
 
 import errno
+import http.client
+import io
 import os
 import queue
 import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -24,6 +27,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
+import trustme
 from django.core.management import CommandError, call_command
 from django.test import override_settings
 from django.utils import autoreload
@@ -239,8 +243,9 @@ class FakeServer:
     clean = True
     on_start: Any = None
 
-    def __init__(self, app: Any, host: str, port: int, config: Any) -> None:
+    def __init__(self, app: Any, host: str, port: int, config: Any, *, ssl_context: Any = None) -> None:
         self.app, self.host, self.port, self.config = app, host, port, config
+        self.ssl_context = ssl_context
         self.started = False
         self.stops: list[tuple[float, int]] = []
         self.connection_count = 0
@@ -565,3 +570,159 @@ def test_handler_still_running_after_the_grace_makes_runws_exit_1_and_log_its_st
     assert "handler still running after the 0.5s grace" in stderr
     assert "StuckConsumer" in stderr or "slow.py" in stderr
     assert "Handlers were still running 0.5s after the shutdown began" in stderr
+
+
+# ------------------------------------------- HTTP on the same port, TLS, --ws-only
+
+
+def run_command_until_serving(*arguments: str) -> tuple[Any, str]:
+    """Run the real command and application with a stand-in server, stopped once it serves.
+
+    Return the server the command built and what it printed.
+    """
+
+    class TestServer(FakeServer):
+        instances: ClassVar[list[FakeServer]] = []
+        on_start = staticmethod(lambda: os.kill(os.getpid(), signal.SIGTERM))
+
+    class TestCommand(Command):
+        server_cls = TestServer  # type: ignore[assignment]
+
+        def get_group_backend(self) -> Any:
+            return FakeBackend()
+
+    stdout = io.StringIO()
+    with pytest.raises(SystemExit) as excinfo:
+        call_command(TestCommand(), "127.0.0.1:0", "--noreload", "--skip-checks", *arguments, stdout=stdout)
+    assert excinfo.value.code == 0
+    return TestServer.instances[0], stdout.getvalue()
+
+
+def test_keyfile_without_certfile_is_a_command_error_before_anything_starts() -> None:
+    with pytest.raises(CommandError, match="--keyfile needs --certfile"):
+        call_command("runws", "--noreload", "--keyfile", "key.pem")
+
+
+def test_a_missing_certfile_is_a_command_error_naming_the_file(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.pem"
+    with pytest.raises(CommandError, match=rf"Cannot load the TLS certificate '{re.escape(str(missing))}'"):
+        call_command("runws", "--noreload", "--certfile", str(missing))
+
+
+@pytest.mark.django_db
+@override_settings(RAWWS={"URLCONF": "tests.wsurls"})
+def test_by_default_plain_http_goes_to_the_projects_wsgi_application() -> None:
+    from django.core.handlers.wsgi import WSGIHandler
+
+    from django_rawws.handler import DjangoApplication
+
+    server, output = run_command_until_serving()
+    app = server.app
+    assert isinstance(app, DjangoApplication)
+    assert (app.ws_only, app.secure) == (False, False)
+    assert isinstance(app._wsgi_application, WSGIHandler)
+    assert server.ssl_context is None
+    assert "Starting WebSocket server at ws://127.0.0.1:43210/" in output
+    assert re.search(
+        r"^  HTTP on this port:  http://127\.0\.0\.1:43210/ \(.+; 4 threads\)$", output, re.MULTILINE
+    )
+    assert "WARNING: HTTP on this port has runserver's quality" in output
+    assert "--ws-only" in output
+
+
+@pytest.mark.django_db
+@override_settings(RAWWS={"URLCONF": "tests.wsurls"})
+def test_ws_only_never_loads_the_wsgi_application_and_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_wsgi_app() -> Any:
+        raise AssertionError("--ws-only loaded the WSGI application")
+
+    monkeypatch.setattr("django.core.servers.basehttp.get_internal_wsgi_application", no_wsgi_app)
+    server, output = run_command_until_serving("--ws-only")
+    assert server.app.ws_only is True
+    assert server.app._wsgi_application is None
+    assert "  HTTP on this port:  none (--ws-only: 426 on WebSocket routes, 404 elsewhere)" in output
+    assert "WARNING" not in output
+
+
+@pytest.mark.django_db
+@override_settings(RAWWS={"URLCONF": "tests.wsurls"})
+def test_certfile_and_keyfile_give_the_server_a_tls_context_and_the_banner_wss_and_https(
+    tmp_path: Path,
+) -> None:
+    cert = trustme.CA().issue_cert("127.0.0.1")
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+    server, output = run_command_until_serving(
+        "--certfile", str(tmp_path / "cert.pem"), "--keyfile", str(tmp_path / "key.pem")
+    )
+    assert isinstance(server.ssl_context, ssl.SSLContext)
+    assert server.app.secure is True
+    assert "Starting WebSocket server at wss://127.0.0.1:43210/" in output
+    assert "  HTTP on this port:  https://127.0.0.1:43210/ (" in output
+    assert "  Health check:       https://127.0.0.1:43210/healthz" in output
+    assert f"  TLS certificate:    {tmp_path / 'cert.pem'}" in output
+
+
+def http_get(port: int, path: str) -> tuple[int, dict[str, str], bytes]:
+    client = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        client.request("GET", path)
+        response = client.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        client.close()
+
+
+def test_runws_serves_the_sites_pages_and_static_files_on_its_port(start_runws: Any) -> None:
+    port = free_port()
+    process = start_runws(f"127.0.0.1:{port}", "--noreload")
+    process.wait_until_serving()
+    http_line = process.wait_for_line(r"^  HTTP on this port:\s+(.+)$").group(1)
+    process.wait_for_line(r"^WARNING: HTTP on this port has runserver's quality")
+    assert http_line == (
+        f"http://127.0.0.1:{port}/ (example_project.wsgi.application, static files at /static/; 4 threads)"
+    )
+    status, headers, body = http_get(port, "/static/admin/css/base.css")
+    assert status == 200 and headers["Content-Type"].startswith("text/css") and body
+    status, _, body = http_get(port, "/admin/login/")
+    assert status == 200 and b"<form" in body
+    with WebSocketTestClient(f"ws://127.0.0.1:{port}/ws/echo/") as client:
+        client.send("next to the pages")
+        assert client.receive() == "next to the pages"
+    process.signal(signal.SIGTERM)
+    assert process.wait() == 0
+    assert '"GET /static/admin/css/base.css HTTP/1.1" 200' in "".join(process.stderr)
+
+
+def test_runws_nostatic_leaves_static_urls_to_the_project(start_runws: Any) -> None:
+    port = free_port()
+    process = start_runws(f"127.0.0.1:{port}", "--noreload", "--nostatic")
+    process.wait_until_serving()
+    assert http_get(port, "/static/admin/css/base.css")[0] == 404
+    assert http_get(port, "/admin/login/")[0] == 200
+    process.signal(signal.SIGTERM)
+    assert process.wait() == 0
+
+
+def test_runws_ws_only_answers_426_on_websocket_routes_and_404_elsewhere(start_runws: Any) -> None:
+    port = free_port()
+    process = start_runws(f"127.0.0.1:{port}", "--noreload", "--ws-only")
+    process.wait_until_serving()
+    status, headers, _ = http_get(port, "/ws/echo/")
+    assert (status, headers.get("Upgrade")) == (426, "websocket")
+    assert http_get(port, "/admin/login/")[0] == 404
+    assert http_get(port, "/static/admin/css/base.css")[0] == 404
+    assert http_get(port, "/healthz")[:3:2] == (200, b"ok\n")
+    with WebSocketTestClient(f"ws://127.0.0.1:{port}/ws/echo/") as client:
+        client.send("ws only")
+        assert client.receive() == "ws only"
+    process.signal(signal.SIGTERM)
+    assert process.wait() == 0
+
+
+@pytest.mark.django_db
+@override_settings(RAWWS={"URLCONF": "tests.wsurls", "HTTP_WORKERS": 0})
+def test_with_http_workers_0_the_banner_says_plain_requests_get_426() -> None:
+    _, output = run_command_until_serving()
+    assert "  HTTP on this port:  none (HTTP_WORKERS is 0: plain requests get 426)" in output
+    assert "WARNING" not in output

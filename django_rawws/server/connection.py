@@ -590,7 +590,13 @@ class ServerConnection:
             self._write_locked(response)
             self._start_draining_locked()
             return
-        if self.server.serves_http and not self.server.shutting_down:
+        if self.server.shutting_down:
+            self._reject_locked(ServiceUnavailable("Service Unavailable: the server is shutting down"))
+            return
+        if self.server.serves_http:
+            if self.server.http_backlog_full():
+                self._reject_locked(ServiceUnavailable("Service Unavailable: too many HTTP requests waiting"))
+                return
             self._hand_off_http_locked(request)
             return
         self._reject_locked(_NotAnUpgrade())

@@ -44,6 +44,10 @@ __all__ = ["Server"]
 logger = logging.getLogger("django_rawws.server")
 access_logger = logging.getLogger("django_rawws.access")
 
+# HTTP connections the pool may hold per thread (served or waiting) before
+# new plain requests get 503: the queue in front of the HTTP pool is bounded.
+_HTTP_QUEUE_PER_WORKER = 8
+
 _ACCEPT_ERRNOS_FD = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
 
@@ -254,13 +258,20 @@ class Server:
 
         self.http_pool.submit(serve)
 
+    def http_backlog_full(self) -> bool:
+        """Whether the HTTP pool already holds as many connections as it may queue (I/O thread)."""
+        return len(self._http_sockets) >= self.config.http_workers * _HTTP_QUEUE_PER_WORKER
+
     def _interrupt_http_keepalive(self) -> None:
         """Wake HTTP handlers waiting for a next keep-alive request: their read sees EOF."""
         with self._http_lock:
             sockets = list(self._http_sockets)
         for sock in sockets:
             try:
-                sock.shutdown(socket.SHUT_RD)
+                # socket.socket.shutdown, not SSLSocket.shutdown: the latter drops
+                # the TLS object, and the response still being written would go
+                # out in clear text.
+                socket.socket.shutdown(sock, socket.SHUT_RD)
             except OSError:
                 pass
 
@@ -428,7 +439,8 @@ class Server:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self.ssl_context is not None:
                 sock = self.ssl_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
-            over = self.shutting_down or len(self._connections) >= config.max_connections
+            open_count = len(self._connections) + len(self._http_sockets)
+            over = self.shutting_down or open_count >= config.max_connections
             conn = ServerConnection(self, sock, address, over_capacity=over)
             self._connections[conn.fd] = conn
             conn.register()

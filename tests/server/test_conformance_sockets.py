@@ -90,7 +90,9 @@ class SocketTransport:
         assert reply.status == 101, reply
         assert reply.headers.get("Sec-WebSocket-Accept") == accept_key(KEY)
         port = sock.getsockname()[1]
-        (self.conn,) = [conn for conn in self.app.handshakes if conn.remote_address[1] == port]
+        # The newest handshake from this port: an ephemeral port may be reused
+        # by a later case once an earlier connection is gone.
+        self.conn = [conn for conn in self.app.handshakes if conn.remote_address[1] == port][-1]
         self._pending = reply.rest  # frames that came with the 101
         return reply.headers.get("Sec-WebSocket-Extensions")
 

@@ -5,6 +5,13 @@ system checks, raises the open-files limit, builds a
 :class:`~django_rawws.server.Server` from the ``RAWWS`` setting, prints a
 banner and waits for a signal; everything else happens in the server.
 
+One port serves the whole site in development: a plain HTTP request goes to
+the project's WSGI application through Django's own request handler, static
+files included, with the options of staticfiles' ``runserver``
+(``--nostatic``, ``--insecure``). ``--ws-only`` is for production, where HTTP
+goes to a WSGI server; ``--certfile``/``--keyfile`` serve ``wss://`` and
+``https://``.
+
 Signals are handled here, in the main thread, never by the server library.
 SIGTERM or Ctrl-C stops the server with a grace (``SHUTDOWN_GRACE``): the
 process exits 0 when every handler finished in time, 1 otherwise. A second
@@ -30,12 +37,14 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
 from datetime import datetime
 from typing import Any, ClassVar, NamedTuple, NoReturn
 
+from django.apps import apps
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.core.management.commands.runserver import naiveip_re
@@ -231,6 +240,8 @@ class Command(BaseCommand):
         self._server_lock = threading.Lock()
         self._closing = False
         self._signals: _SignalHandlers | None = None
+        self.options: dict[str, Any] = {}
+        self.ssl_context: ssl.SSLContext | None = None
 
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("addrport", nargs="?", help="Optional port number, or ipaddr:port")
@@ -244,14 +255,91 @@ class Command(BaseCommand):
             help="Tells Django to NOT use the auto-reloader.",
         )
         parser.add_argument("--skip-checks", action="store_true", help="Skip system checks.")
+        parser.add_argument(
+            "--nostatic",
+            action="store_false",
+            dest="use_static_handler",
+            help="Tells Django to NOT automatically serve static files at STATIC_URL.",
+        )
+        parser.add_argument(
+            "--insecure",
+            action="store_true",
+            dest="insecure_serving",
+            help="Allows serving static files even if DEBUG is False.",
+        )
+        parser.add_argument(
+            "--ws-only",
+            action="store_true",
+            help=(
+                "Serve WebSockets only, for a site whose HTTP goes to a WSGI server: a plain request "
+                "gets 426 on a WebSocket route and 404 elsewhere (the health path still answers)."
+            ),
+        )
+        parser.add_argument(
+            "--certfile", help="PEM certificate (chain) file: serve wss:// and https:// with TLS."
+        )
+        parser.add_argument(
+            "--keyfile", help="PEM private key file of --certfile (default: the key is in --certfile)."
+        )
 
     # ----------------------------------------------------------- extension points
 
     def get_application(self) -> Any:
-        """The application the server calls on its workers (see :mod:`django_rawws.server.core`)."""
+        """The application the server calls on its workers (see :mod:`django_rawws.server.core`).
+
+        Plain HTTP requests on the same port go to :meth:`get_handler`'s WSGI
+        application, unless ``--ws-only``.
+        """
         from django_rawws.handler import DjangoApplication
 
-        return DjangoApplication()
+        options = self.options
+        ws_only = bool(options.get("ws_only"))
+        return DjangoApplication(
+            wsgi_application=None if ws_only else self.get_handler(**options),
+            ws_only=ws_only,
+            secure=self.ssl_context is not None,
+        )
+
+    def get_handler(self, *args: Any, **options: Any) -> Any:
+        """The project's WSGI application, wrapped to serve static files as ``runserver`` does.
+
+        With ``django.contrib.staticfiles`` installed, files under
+        ``STATIC_URL`` are served in DEBUG, or with ``--insecure``, unless
+        ``--nostatic`` -- the rules of staticfiles' ``runserver``.
+        """
+        from django.core.servers.basehttp import get_internal_wsgi_application
+
+        handler = get_internal_wsgi_application()
+        if self.serves_static_files(**options):
+            from django.contrib.staticfiles.handlers import StaticFilesHandler
+
+            return StaticFilesHandler(handler)
+        return handler
+
+    def serves_static_files(self, **options: Any) -> bool:
+        """Whether :meth:`get_handler` wraps the application in ``StaticFilesHandler``."""
+        return (
+            apps.is_installed("django.contrib.staticfiles")
+            and options.get("use_static_handler", True)
+            and (settings.DEBUG or options.get("insecure_serving", False))
+        )
+
+    def get_ssl_context(self, certfile: str | None, keyfile: str | None) -> ssl.SSLContext | None:
+        """A server-side TLS context for ``--certfile`` / ``--keyfile``, or None without them.
+
+        Raises:
+            CommandError: ``--keyfile`` alone, or files that don't load.
+        """
+        if not certfile:
+            if keyfile:
+                raise CommandError("--keyfile needs --certfile.")
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            context.load_cert_chain(certfile, keyfile)
+        except (OSError, ssl.SSLError) as exc:
+            raise CommandError(f"Cannot load the TLS certificate {certfile!r}: {exc}") from exc
+        return context
 
     def get_server_config(self) -> ServerConfig:
         from django_rawws.conf import server_config
@@ -283,6 +371,8 @@ class Command(BaseCommand):
             default_port=self.default_port,
         )
         self.addr, self.port, self.use_ipv6, self._raw_ipv6 = address
+        self.options = options
+        self.ssl_context = self.get_ssl_context(options.get("certfile"), options.get("keyfile"))
         _configure_default_logging()
         self.run(**options)
 
@@ -400,7 +490,7 @@ class Command(BaseCommand):
             with self._server_lock:
                 if self._closing:
                     return
-                server = self.server_cls(application, host, self.port, config)
+                server = self.server_cls(application, host, self.port, config, ssl_context=self.ssl_context)
                 self.server = server  # before start(): a shutdown must find it
                 server.start()
                 backend.attach(server)
@@ -418,25 +508,50 @@ class Command(BaseCommand):
         quit_command = "CTRL-BREAK" if sys.platform == "win32" else "CONTROL-C"
         port = server.address[1]
         authority = self._display_host() + f":{port}"
+        tls = self.ssl_context is not None
+        ws_scheme, http_scheme = ("wss", "https") if tls else (self.protocol, "http")
         options = get_config()
         backend = self.backend
         backend_name = (
             f"{type(backend).__module__}.{type(backend).__qualname__}" if backend is not None else "-"
         )
         now = datetime.now().strftime("%B %d, %Y - %X")
+        ws_only = bool(self.options.get("ws_only"))
+        serves_http = not ws_only and getattr(server, "serves_http", server.config.http_workers > 0)
+        if serves_http:
+            wsgi_name = settings.WSGI_APPLICATION or "django.core.wsgi.get_wsgi_application()"
+            static = (
+                f", static files at {settings.STATIC_URL}" if self.serves_static_files(**self.options) else ""
+            )
+            http = f"{http_scheme}://{authority}/ ({wsgi_name}{static}; {server.config.http_workers} threads)"
+        elif ws_only:
+            http = "none (--ws-only: 426 on WebSocket routes, 404 elsewhere)"
+        else:
+            http = "none (HTTP_WORKERS is 0: plain requests get 426)"
         lines = [
             now,
             f"Django version {self.get_version()}, using settings {settings.SETTINGS_MODULE!r}",
-            f"Starting WebSocket server at {self.protocol}://{authority}/",
+            f"Starting WebSocket server at {ws_scheme}://{authority}/",
+            f"  HTTP on this port:  {http}",
             f"  WebSocket URLconf:  {options['URLCONF']}",
             f"  Group backend:      {backend_name}",
             f"  Workers:            {server.config.workers}",
             f"  Open files limit:   {self.open_files.describe() if self.open_files else 'unknown'}",
         ]
+        if tls:
+            lines.append(f"  TLS certificate:    {self.options.get('certfile')}")
         if server.config.health_path:
-            lines.append(f"  Health check:       http://{authority}{server.config.health_path}")
+            lines.append(f"  Health check:       {http_scheme}://{authority}{server.config.health_path}")
         lines.append(f"Quit the server with {quit_command}.")
         self.stdout.write("\n".join(lines))
+        if serves_http and os.environ.get("DJANGO_RUNSERVER_HIDE_WARNING") != "true":
+            self.stdout.write(
+                self.style.WARNING(
+                    "WARNING: HTTP on this port has runserver's quality (Django's development "
+                    "handler). In production, send HTTP to a WSGI server and run runws --ws-only "
+                    "for the WebSockets alone."
+                )
+            )
         self.stdout.flush()
 
     def shutdown(self, close_code: int) -> int:
