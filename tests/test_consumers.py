@@ -31,6 +31,7 @@ from django_rawws.exceptions import (
 from django_rawws.groups import get_backend
 from django_rawws.handler import _attach_session_and_user
 from django_rawws.protocol.deflate import DeflateOptions
+from django_rawws.testing import WebSocketCommunicator
 from tests.utils_server import TIMEOUT, make_request, origin_of, raw_handshake, running_server, ws_url
 from tests.wsconsumers import journal
 
@@ -457,28 +458,23 @@ class TestAccessOverSockets:
             status, _, _ = raw_handshake(server, "/ws/login/")
         assert status == 403
 
-    @pytest.mark.django_db(transaction=True)
-    def test_login_required_accepts_a_logged_in_user(self, client):
+    # In process (the test's transaction, no sockets): a logged-in user is a real session either way.
+    @pytest.mark.django_db
+    def test_login_required_accepts_a_logged_in_user(self):
         user = get_user_model().objects.create_user("ada", password="x")
-        client.force_login(user)
-        cookie = f"sessionid={client.cookies['sessionid'].value}"
-        with (
-            running_server() as server,
-            connect(ws_url(server, "/ws/login/"), additional_headers={"Cookie": cookie}) as ws,
-        ):
-            assert json.loads(ws.recv(timeout=TIMEOUT)) == {"authenticated": True, "username": "ada"}
+        with WebSocketCommunicator("/ws/login/", user=user) as ws:
+            assert ws.connect() == (True, None)
+            assert ws.receive_json() == {"authenticated": True, "username": "ada"}
 
-    @pytest.mark.django_db(transaction=True)
-    def test_permission_required_refuses_a_user_without_it(self, client):
+    @pytest.mark.django_db
+    def test_permission_required_refuses_a_user_without_it(self):
         user = get_user_model().objects.create_user("bob", password="x")
-        client.force_login(user)
-        cookie = f"sessionid={client.cookies['sessionid'].value}"
-        with running_server() as server:
-            status, _, _ = raw_handshake(server, "/ws/perm/", [("Cookie", cookie)])
-            user.user_permissions.add(Permission.objects.get(codename="view_user"))
-            with connect(ws_url(server, "/ws/perm/"), additional_headers={"Cookie": cookie}) as ws:
-                assert json.loads(ws.recv(timeout=TIMEOUT))["username"] == "bob"
-        assert status == 403
+        with WebSocketCommunicator("/ws/perm/", user=user) as ws:
+            assert ws.connect() == (False, 403)
+        user.user_permissions.add(Permission.objects.get(codename="view_user"))
+        with WebSocketCommunicator("/ws/perm/", user=user) as ws:
+            assert ws.connect() == (True, None)
+            assert ws.receive_json()["username"] == "bob"
 
     def test_permission_denied_in_connect_is_403_and_disconnect_still_runs_once(self):
         with running_server() as server:
