@@ -3,7 +3,8 @@
 Run from the repository root (``cd bench && npm ci`` once; the harness runs it
 itself when ``bench/node_modules`` is missing)::
 
-    python bench/run.py [--quick] [--servers rawws,runws,websockets] [--scenarios echo-small,idle,fanout]
+    python bench/run.py [--quick] [--servers rawws,runws,runws-redis,websockets]
+                        [--scenarios echo-small,idle,fanout,fanout-redis]
                         [--repeat N] [--quiet-wait SECONDS] [--extra-server NAME=COMMAND] [--profile]
 
 Every server runs as its own subprocess on a free port of 127.0.0.1, started
@@ -20,6 +21,11 @@ A run that fails (a server that does not start, a client that times out) is
 recorded with its error and the benchmark goes on. Correctness problems
 (echo mismatches, missing or duplicated deliveries, connections that did not
 open) are figures in the table and listed under it.
+
+``fanout-redis`` runs only on ``runws-redis`` (and that server only there):
+two ``runws`` processes sharing groups through Redis (``RAWWS_BENCH_REDIS_URL``,
+default ``redis://127.0.0.1:6379/0``, keys under ``rawws-bench-<pid>``), one
+sender on the first, the receivers alternating between both.
 
 Outputs: a markdown table on stdout and everything, raw client reports
 included, in ``bench/results/<timestamp>.json`` (gitignored). ``--profile``
@@ -87,6 +93,8 @@ class ServerSpec:
     env: Callable[[], dict[str, str]] = dict
     #: None when the server can run here, else why not
     unavailable: Callable[[], str | None] = lambda: None
+    #: When set, the only scenarios this server takes part in.
+    only_scenarios: tuple[str, ...] = ()
 
 
 def _example_settings_module() -> str:
@@ -99,6 +107,29 @@ def _example_settings_module() -> str:
 def _runws_unavailable() -> str | None:
     if not EXAMPLE_MANAGE.exists():
         return f"{EXAMPLE_MANAGE.relative_to(ROOT)} does not exist yet"
+    return None
+
+
+#: Redis for the cross-process scenario, and the key prefix of this harness run.
+REDIS_URL = os.environ.get("RAWWS_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+REDIS_PREFIX = f"rawws-bench-{os.getpid()}"
+
+
+def _runws_redis_unavailable() -> str | None:
+    """runws's reason, or Redis not answering PING at RAWWS_BENCH_REDIS_URL."""
+    reason = _runws_unavailable()
+    if reason:
+        return reason
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(REDIS_URL)
+    try:
+        with socket.create_connection((parts.hostname or HOST, parts.port or 6379), timeout=2) as sock:
+            sock.sendall(b"PING\r\n")
+            if not sock.recv(64).startswith(b"+PONG"):
+                return f"Redis at {REDIS_URL} did not answer PING"
+    except OSError as exc:
+        return f"no Redis at {REDIS_URL} ({exc})"
     return None
 
 
@@ -127,6 +158,28 @@ SERVER_SPECS = [
             "RAWWS_BENCH_BASE_SETTINGS": _example_settings_module(),
         },
         unavailable=_runws_unavailable,
+    ),
+    ServerSpec(
+        "runws-redis",
+        "rawws runws ×2 + Redis",
+        ours=True,
+        command=lambda python, port: [
+            python,
+            str(EXAMPLE_MANAGE),
+            "runws",
+            "--noreload",
+            "--settings=bench_settings_redis",
+            f"--pythonpath={SERVERS}",
+            f"{HOST}:{port}",
+        ],
+        env=lambda: {
+            "DJANGO_SETTINGS_MODULE": "bench_settings_redis",
+            "RAWWS_BENCH_BASE_SETTINGS": _example_settings_module(),
+            "RAWWS_BENCH_REDIS_URL": REDIS_URL,
+            "RAWWS_BENCH_REDIS_PREFIX": REDIS_PREFIX,
+        },
+        unavailable=_runws_redis_unavailable,
+        only_scenarios=("fanout-redis",),
     ),
     ServerSpec(
         "websockets",
@@ -474,6 +527,61 @@ def scenario_fanout(ctx: RunContext) -> tuple[dict[str, Any], list[str], dict[st
     return metrics, problems, {"ready": ready, "done": done}
 
 
+def scenario_fanout_redis(ctx: RunContext) -> tuple[dict[str, Any], list[str], dict[str, Any]]:
+    """1 sender, N receivers over two runws processes sharing groups through Redis.
+
+    ``ctx.server`` is the first process; the second is started here with the
+    same command. The sender talks to the first; receivers alternate between
+    both, so half the deliveries cross Redis to the other process.
+    """
+    p = ctx.params
+    second = ServerProcess(ctx.server.spec, ctx.server.python, ctx.logdir / f"{ctx.tag}.server2.log")
+    second.start()
+    try:
+        cfg = {
+            "url": ctx.server.url + "/ws/broadcast/",  # checked by common.mjs: loopback only
+            "urls": [ctx.server.url + "/ws/broadcast/", second.url + "/ws/broadcast/"],
+            "sender_url": ctx.server.url + "/ws/broadcast/",
+            "receivers": p["receivers"],
+            "messages": p["messages"],
+            "rate": p["rate"],
+            "size": p["size"],
+            "drain_timeout_s": p["drain_timeout_s"],
+        }
+        client = ctx.client("fanout_multi.mjs", cfg)
+        try:
+            ready = client.expect("ready", 60)
+            cpu0 = ctx.server.cpu_seconds() + second.cpu_seconds()
+            busy0 = machine_busy_seconds()
+            client.go()
+            done = client.expect("done", p["messages"] / p["rate"] + p["drain_timeout_s"] + 30)
+            cpu1 = ctx.server.cpu_seconds() + second.cpu_seconds()
+            busy1 = machine_busy_seconds()
+        finally:
+            client.close()
+    finally:
+        stop_second = second.stop(timeout=10.0)
+    metrics = {
+        "delivered_pct": done["delivered_pct"],
+        "duplicates": done["duplicates"],
+        "reordered": done["reordered"],
+        **_latency(done),
+        "server_cpu_s": cpu1 - cpu0,
+        "client_cpu_s": done["client_cpu_s"]["total"],
+        "others_cores": max(0.0, busy1 - busy0 - (cpu1 - cpu0) - done["client_cpu_s"]["total"])
+        / done["elapsed_s"],
+    }
+    problems = []
+    if ready["connected"] < p["receivers"]:
+        problems.append(f"{p['receivers'] - ready['connected']} receivers did not connect: {ready['errors']}")
+    for key in ("missing", "duplicates", "reordered", "foreign"):
+        if done[key]:
+            problems.append(f"{done[key]} {key} deliveries")
+    if stop_second.get("exit") == "killed":
+        problems.append(f"the second server {stop_second['note']} (killed)")
+    return metrics, problems, {"ready": ready, "done": done, "second_stop": stop_second}
+
+
 @dataclass(frozen=True)
 class Scenario:
     name: str
@@ -483,6 +591,13 @@ class Scenario:
     params: dict[str, Any]
     quick: dict[str, Any] = field(default_factory=dict)
     repeat: int = 3
+    #: When set, the only servers this scenario runs on.
+    servers: tuple[str, ...] | None = None
+
+    def applies_to(self, spec: ServerSpec) -> bool:
+        if self.servers is not None:
+            return spec.name in self.servers
+        return not spec.only_scenarios or self.name in spec.only_scenarios
 
     def settings(self, quick: bool) -> dict[str, Any]:
         return {**self.params, **(self.quick if quick else {})}
@@ -541,6 +656,25 @@ SCENARIOS = [
         ],
         {"receivers": 1000, "messages": 100, "rate": 20, "size": 32, "drain_timeout_s": 15},
         quick={"messages": 40},
+    ),
+    Scenario(
+        "fanout-redis",
+        "cross-process fan-out: {receivers} receivers over two runws processes sharing Redis, "
+        "one sender at {rate} msg/s for {messages} messages",
+        scenario_fanout_redis,
+        [
+            Metric("delivered_pct", "delivered (%)", "{:.2f}", "higher"),
+            Metric("duplicates", "duplicates", better="lower"),
+            Metric("reordered", "reordered", better="lower"),
+            *LATENCY,
+            Metric("max_ms", "latency max (ms)", "{:,.2f}", "lower"),
+            Metric("server_cpu_s", "servers' CPU, both (s)", "{:.2f}", "lower"),
+            Metric("client_cpu_s", "client CPU (s)", "{:.2f}"),
+            Metric("others_cores", "other processes' CPU, Redis included (cores)", "{:.2f}"),
+        ],
+        {"receivers": 1000, "messages": 100, "rate": 20, "size": 32, "drain_timeout_s": 15},
+        quick={"messages": 40},
+        servers=("runws-redis",),
     ),
 ]
 
@@ -772,7 +906,7 @@ def profile(specs: list[ServerSpec], python: str, quick: bool, logdir: Path, sta
     # Long enough for a few thousand samples.
     settings = {**scenario.settings(quick), "rounds": 1000 if quick else 6000}
     for spec in specs:
-        if not spec.ours:
+        if not spec.ours or not scenario.applies_to(spec):
             continue
         out = RESULTS / f"{stamp}-profile-{spec.name}.txt"
         recorder = PySpyRecorder(py_spy, out)
@@ -915,6 +1049,8 @@ def main() -> None:
             # Rotate the order each repetition so no server always goes first.
             order = specs[rep % len(specs) :] + specs[: rep % len(specs)]
             for spec in order:
+                if not scenario.applies_to(spec):
+                    continue
                 others = wait_for_quiet(args.quiet_wait) if args.quiet_wait else None
                 record = run_one(scenario, spec, rep, python, settings, logdir)
                 record["others_before_cores"] = others

@@ -9,4 +9,7 @@ class RawWSConfig(AppConfig):
 
     def ready(self) -> None:
         # Importing registers the system checks (rawws.E001...).
-        from . import checks  # noqa: F401
+        from . import auth, checks  # noqa: F401
+
+        # Session-bound sockets: logout, flush, cycle_key and password changes reach open sockets.
+        auth.install()

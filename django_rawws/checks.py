@@ -81,11 +81,47 @@ def _dotted_path_or_none(value: Any) -> bool:
     return value is None or (isinstance(value, str) and bool(value))
 
 
+def _public_url(value: Any) -> bool:
+    """None, ``ws(s)://host[:port][/prefix]``, ``//host[:port][/prefix]`` or ``:port`` (see ws_url)."""
+    if value is None:
+        return True
+    if not isinstance(value, str):
+        return False
+    if value.startswith(":"):
+        return value[1:].isdigit() and 0 < int(value[1:]) < 65536
+    parts = urlsplit(value)
+    return (
+        (parts.scheme in ("ws", "wss") or (not parts.scheme and value.startswith("//")))
+        and bool(parts.hostname)
+        and not parts.query
+        and not parts.fragment
+    )
+
+
+def _socket_path(value: Any) -> bool:
+    """None, or a path whose only placeholders are {tmp}, {uid}, {port} and {pid}."""
+    if value is None:
+        return True
+    if not isinstance(value, str) or not value:
+        return False
+    try:
+        value.format(tmp="", uid=0, port=0, pid=0)
+    except (KeyError, IndexError, ValueError):
+        return False
+    return True
+
+
 #: key -> (rule, what a valid value is)
 _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "URLCONF": (_dotted_path_or_none, "a dotted module path"),
+    "PUBLIC_URL": (_public_url, "None, 'wss://host[:port][/prefix]', '//host[:port]' or ':port'"),
     "WORKERS": (_or_none(_positive_int), "a positive integer, or None for the default"),
     "MAX_CONNECTIONS": (_positive_int, "a positive integer"),
+    "MAX_CONNECTIONS_PER_ADDRESS": (_or_none(_positive_int), "a positive integer, or None"),
+    "MAX_CONNECTIONS_PER_USER": (_or_none(_positive_int), "a positive integer, or None"),
+    "MESSAGE_RATE": (_or_none(_positive_number), "a positive number of messages a second, or None"),
+    "MESSAGE_BURST": (_positive_int, "a positive integer (messages)"),
+    "OVERLOAD_DELAY": (_or_none(_positive_number), "a positive number of seconds, or None"),
     "MAX_MESSAGE_SIZE": (_positive_int, "a positive integer (bytes)"),
     "MAX_FRAME_SIZE": (_or_none(_positive_int), "a positive integer (bytes), or None"),
     "MAX_REQUEST_LINE": (_positive_int, "a positive integer (bytes)"),
@@ -114,9 +150,11 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "REQUIRE_ORIGIN": (_is_bool, "True or False"),
     "TRUSTED_PROXIES": (_string_list, "a list of IP networks such as '10.0.0.0/8'"),
     "AUTHENTICATE": (_dotted_path_or_none, "a dotted path to a function, or None"),
+    "SESSION_RECHECK_INTERVAL": (_or_none(_positive_number), "a positive number of seconds, or None"),
     "GROUP_BACKEND": (lambda value: isinstance(value, str) and bool(value), "a dotted path to a class"),
     "GROUP_OPTIONS": (lambda value: isinstance(value, dict), "a dict"),
     "ACCESS_LOG": (_is_bool, "True or False"),
+    "INSPECT_SOCKET": (_socket_path, "a file path (placeholders {tmp}, {uid}, {port}, {pid}), or None"),
 }
 
 
@@ -241,6 +279,23 @@ def _bad_route(route: str, callback: Any) -> Error | None:
             f"The WebSocket route {route!r} has a consumer instance; a route needs the class.",
             hint=f"Write path(..., {type(callback).__name__}) or {type(callback).__name__}.as_consumer(...): "
             "an instance would be shared by every connection.",
+            id="rawws.E003",
+        )
+    owner = getattr(callback, "__self__", None)
+    if isinstance(owner, type) and issubclass(owner, WebSocketConsumer):
+        # path("ws/", EchoConsumer.as_consumer): the factory itself, not called.
+        return Error(
+            f"The WebSocket route {route!r} leads to {owner.__name__}.{callback.__name__}, "
+            "a method of the consumer class, not a consumer.",
+            hint=f"Call it: {owner.__name__}.as_consumer(...), or route to the class itself.",
+            id="rawws.E003",
+        )
+    if getattr(callback, "consumer_class", None) is not None or hasattr(callback, "as_asgi"):
+        # A Channels consumer (Consumer.as_asgi(), or the class) left in the urlconf.
+        return Error(
+            f"The WebSocket route {route!r} leads to a Channels (ASGI) consumer, not a django-rawws one.",
+            hint="Subclass django_rawws.consumers.WebSocketConsumer (synchronous methods, no as_asgi()); "
+            "see docs/migrating-from-channels.md.",
             id="rawws.E003",
         )
     name = getattr(callback, "__qualname__", None) or repr(callback)

@@ -32,9 +32,16 @@ __all__ = ["DEFAULTS", "deflate_options", "get_config", "on_config_change", "ser
 DEFAULTS: dict[str, Any] = {
     # Routing
     "URLCONF": None,  # dotted path of the WebSocket urlconf (required)
+    "PUBLIC_URL": None,  # where browsers reach runws, for {% ws_url %}; None: the page's own host
     # Threads and capacity
     "WORKERS": None,  # None: 4 per core, at most 32
     "MAX_CONNECTIONS": 10_000,
+    # Per-client limits (docs/hardening.md); None disables each
+    "MAX_CONNECTIONS_PER_ADDRESS": 256,  # per client IP (IPv6: per /64); past it, 429
+    "MAX_CONNECTIONS_PER_USER": 32,  # per logged-in user, in this process; past it, 429
+    "MESSAGE_RATE": 100.0,  # messages (and pings) a second per connection, on average; past it, 1008
+    "MESSAGE_BURST": 200,  # ... and at once
+    "OVERLOAD_DELAY": 5.0,  # seconds work may wait for a worker before load is shed (503, 1013)
     # Size limits
     "MAX_MESSAGE_SIZE": 1 << 20,
     "MAX_FRAME_SIZE": None,  # None: MAX_MESSAGE_SIZE
@@ -70,11 +77,14 @@ DEFAULTS: dict[str, Any] = {
     "REQUIRE_ORIGIN": False,
     "TRUSTED_PROXIES": [],
     "AUTHENTICATE": None,  # dotted path of fn(request, handshake) -> user | None
+    "SESSION_RECHECK_INTERVAL": 60.0,  # seconds between re-checks of a session-bound socket; None disables
     # Groups
     "GROUP_BACKEND": "django_rawws.groups.memory.MemoryGroupBackend",
     "GROUP_OPTIONS": {},
     # Logging
     "ACCESS_LOG": True,
+    # Live state for manage.py ws_status (a Unix socket only this user can open); None disables
+    "INSPECT_SOCKET": "{tmp}/rawws-{uid}/{port}-{pid}.sock",
 }
 
 _listeners: list[Callable[[], None]] = []
@@ -138,12 +148,19 @@ def server_config(**overrides: Any) -> ServerConfig:
     setting: the ``runws`` command and the tests use them.
     """
     # Imported here: reading the options must not pull the socket layer in.
-    from .server.config import ServerConfig, default_worker_count
+    from .server.config import LOOPBACK, ServerConfig, default_worker_count
 
     config = get_config()
     values: dict[str, Any] = {
         "workers": config["WORKERS"] or default_worker_count(),
         "max_connections": config["MAX_CONNECTIONS"],
+        "max_connections_per_address": config["MAX_CONNECTIONS_PER_ADDRESS"],
+        # A trusted proxy's address is every client's behind it: the Django
+        # side counts those clients by their X-Forwarded-For address instead.
+        "quota_exempt": (*LOOPBACK, *(config["TRUSTED_PROXIES"] or ())),
+        "message_rate": config["MESSAGE_RATE"],
+        "message_burst": config["MESSAGE_BURST"],
+        "overload_delay": config["OVERLOAD_DELAY"],
         "max_message_size": config["MAX_MESSAGE_SIZE"],
         "max_frame_size": config["MAX_FRAME_SIZE"],
         "max_request_line": config["MAX_REQUEST_LINE"],

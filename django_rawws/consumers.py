@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from django.core.exceptions import PermissionDenied
 from django.core.serializers.json import DjangoJSONEncoder
 
+from .auth import REVOKED, SESSION_ENDED, SESSION_ENDED_REASON, bind_session
 from .exceptions import (
     BadRequest,
     Forbidden,
@@ -120,6 +121,8 @@ class WebSocketConsumer:
         self._accepted = False
         self._closing = False
         self._scope: dict[str, Any] | None = None
+        # The session this connection authenticated with (django_rawws.auth), if any.
+        self._session_binding: Any = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -281,7 +284,7 @@ class WebSocketConsumer:
         # Join first: once the client reads the 101, a push to any of these
         # groups must reach it. A push in between finds the connection not yet
         # open and skips it, as it would have before the join.
-        self._join_initial_groups()
+        binding = self._join_initial_groups()
         self.connection.accept(
             subprotocol=subprotocol,
             headers=extra,
@@ -289,6 +292,16 @@ class WebSocketConsumer:
             max_message_size=self.max_message_size,
         )
         self._accepted = True
+        from .groups import get_backend
+
+        # What resumable and presence groups hold for this client (nothing to do for most).
+        get_backend().connection_opened(self.connection)
+        if binding is REVOKED:
+            # The session ended while connect() ran, after it saw the user.
+            logger.info("closing %s (%s): the session ended during the handshake", self.id, self.request.path)
+            self.close(SESSION_ENDED, SESSION_ENDED_REASON)
+        else:
+            self._session_binding = binding
 
     def reject(self, status: int = 403, reason: str | None = None) -> None:
         """Refuse the handshake with ``status`` (4xx/5xx) and a plain-text ``reason``."""
@@ -314,11 +327,16 @@ class WebSocketConsumer:
         self._closing = True
         self.connection.close(code, reason)
 
-    def join(self, group: str) -> None:
-        """Add this connection to ``group`` (any thread, any time while open)."""
+    def join(self, group: str, presence: Mapping[str, Any] | None = None) -> None:
+        """Add this connection to ``group`` (any thread, any time while open).
+
+        ``presence``: announce this connection in the group's presence list
+        with these JSON fields (``{"user": self.user.pk, "name": ...}``); see
+        ``docs/groups.md``.
+        """
         from .groups import get_backend
 
-        get_backend().add(group, self.connection)
+        get_backend().add(group, self.connection, presence=presence)
 
     def leave(self, group: str) -> None:
         from .groups import get_backend
@@ -339,14 +357,23 @@ class WebSocketConsumer:
             return replace(deflate_options(), enabled=True)
         return _NO_DEFLATE
 
-    def _join_initial_groups(self) -> None:
-        """Join ``groups`` and the automatic ones: ``conn:<id>``, ``session:<key>``, ``user:<pk>``."""
+    def _join_initial_groups(self) -> Any:
+        """Join the automatic groups (``conn:<id>``, ``session:<key>``, ``user:<pk>``), then ``groups``.
+
+        Returns the session binding (see :func:`django_rawws.auth.bind_session`).
+        """
         from .groups import get_backend
 
         backend = get_backend()
         connection = self.connection
-        for group in (*automatic_groups(self), *self.groups):
+        binding = _join_automatic_groups(
+            self,
+            lambda group: backend.add(group, connection),
+            lambda group: backend.discard(group, connection),
+        )
+        for group in self.groups:
             backend.add(group, connection)
+        return binding
 
     def get_event_handler(self, event: Any) -> Callable[[dict[str, Any]], Any] | None:
         """The method for a group event ``{"type": "chat.message", ...}``: ``chat_message``.
@@ -390,30 +417,40 @@ def automatic_groups(consumer: WebSocketConsumer) -> list[str]:
     """The groups every accepted connection is in: ``conn:<id>``, ``session:<key>``, ``user:<pk>``.
 
     ``session:<key>`` only for a session cookie naming a live session.
-    ``user:<pk>`` comes from the user when it was already evaluated (an
-    ``AUTHENTICATE`` hook, ``login_required``), otherwise from the session's
-    auth user id, so that joining costs no user query.
+    ``user:<pk>`` for the user the request authenticates: the
+    ``AUTHENTICATE`` hook's, or the session's when the session still
+    authenticates it (as ``get_user()`` would: backend, active user, session
+    hash), so a stale session never receives its former user's pushes.
+    This reads the session and the user (what ``accept()`` does, joining as
+    it goes).
     """
-    from .groups import connection_group, session_group, user_group
+    groups: list[str] = []
 
-    groups = [connection_group(consumer.connection)]
-    request = consumer.request
-    session = getattr(request, "session", None)
-    user_pk: Any = None
-    evaluated = _evaluated_user(request.__dict__.get("user"))
-    if evaluated is not None and evaluated.is_authenticated:
-        user_pk = evaluated.pk
-    if session is not None and _session_cookie(request) is not None:
-        from django.contrib.auth import SESSION_KEY
+    def leave(group: str) -> None:
+        if group in groups:
+            groups.remove(group)
 
-        session_user_pk = session.get(SESSION_KEY)  # loads; a key the store does not know becomes None
-        if session.session_key:
-            groups.append(session_group(session.session_key))
-            if evaluated is None:
-                user_pk = session_user_pk
-    if user_pk is not None:
-        groups.append(user_group(user_pk))
+    _join_automatic_groups(consumer, groups.append, leave)
     return groups
+
+
+def _join_automatic_groups(consumer: WebSocketConsumer, join: Any, leave: Any) -> Any:
+    """Join the automatic groups in an order no logout can slip through; return the session binding."""
+    from .groups import connection_group, user_group
+
+    join(connection_group(consumer.connection))
+    request = consumer.request
+    lazy_user = getattr(request, "_rawws_lazy_user", None)
+    user = request.__dict__.get("user")
+    binding = None
+    if getattr(request, "session", None) is not None:
+        binding = bind_session(request, lazy_user, join, leave)
+    if user is not None and user is not lazy_user:
+        # Not the session's user (the AUTHENTICATE hook's, or set by connect()).
+        evaluated = _evaluated_user(user)
+        if evaluated is not None and evaluated.is_authenticated:
+            join(user_group(evaluated.pk))
+    return binding
 
 
 def _evaluated_user(user: Any) -> Any:
@@ -426,13 +463,6 @@ def _evaluated_user(user: Any) -> Any:
     from django.utils.functional import empty
 
     return None if wrapped is empty else wrapped
-
-
-def _session_cookie(request: Any) -> str | None:
-    from django.conf import settings
-
-    cookie: str | None = request.COOKIES.get(settings.SESSION_COOKIE_NAME)
-    return cookie
 
 
 class JsonWebSocketConsumer(WebSocketConsumer):

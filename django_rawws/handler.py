@@ -41,7 +41,6 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from importlib import import_module
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -50,9 +49,8 @@ from django.conf import settings
 from django.core.exceptions import BadRequest as DjangoBadRequest
 from django.core.exceptions import DisallowedHost, PermissionDenied, SuspiciousOperation
 from django.core.handlers.wsgi import WSGIRequest
-from django.core.signals import got_request_exception, setting_changed
+from django.core.signals import got_request_exception
 from django.db import close_old_connections, connections, transaction
-from django.dispatch import receiver
 from django.http import Http404
 from django.urls import set_script_prefix, set_urlconf
 from django.utils import timezone, translation
@@ -60,9 +58,11 @@ from django.utils.functional import SimpleLazyObject
 from django.utils.http import is_same_domain
 from django.utils.module_loading import import_string
 
+from . import auth
+from .auth import session_store
 from .conf import get_config, on_config_change
 from .consumers import WebSocketConsumer, handshake_error
-from .exceptions import BadRequest, Forbidden, HandshakeError, InvalidState, NotFound
+from .exceptions import BadRequest, Forbidden, HandshakeError, InvalidState, NotFound, TooManyRequests
 from .protocol.codes import CloseCode
 from .routing import path_info_from_target, resolve
 
@@ -117,6 +117,8 @@ class DjangoApplication:
     ) -> None:
         self.urlconf = urlconf
         self.watchdog = _watchdog
+        #: Says when each session-bound connection is due for its periodic re-check.
+        self.rechecker = auth.SessionRechecker(self._dispatch_rechecks)
         self.ws_only = ws_only
         self.secure = secure
         self._wsgi_application = wsgi_application
@@ -188,6 +190,10 @@ class DjangoApplication:
         if consumer is None:
             return
         assert state is not None
+        if auth.is_session_event(event):
+            # Ours, never the consumer's: a logout, a new session key, a password change.
+            self._internal_call(state, auth.handle_event, consumer, event, self._end_session)
+            return
         handler = consumer.get_event_handler(event)
         if handler is not None:
             state.context.run(self._call, conn, state, handler, (event,), {})
@@ -197,6 +203,7 @@ class DjangoApplication:
         if state is None or state.disconnected:
             return
         state.disconnected = True
+        self.rechecker.discard(conn)
         consumer = state.consumer
         if consumer is not None:
             # Groups are joined just before the 101; accept() may have failed after.
@@ -226,6 +233,7 @@ class DjangoApplication:
         """A worker thread stops: give its database connections back (and stop the watchdog if idle)."""
         connections.close_all()
         self.watchdog.stop()
+        self.rechecker.stop()
 
     # ------------------------------------------------------------- internals
 
@@ -245,6 +253,7 @@ class DjangoApplication:
 
     def _handshake(self, conn: Any, handshake: Any, state: _ConnectionState) -> None:
         _begin_call()
+        scope = auth.begin_handler_call()
         self.close_old_connections()
         try:
             self._decide(conn, handshake, state)
@@ -256,6 +265,7 @@ class DjangoApplication:
                 self._report(error, state.request, f"the handshake of {handshake.path}")
             _reject(conn, response)
         finally:
+            auth.end_handler_call(scope)
             self.close_old_connections()
 
     def _decide(self, conn: Any, handshake: Any, state: _ConnectionState) -> None:
@@ -273,9 +283,10 @@ class DjangoApplication:
         _attach_session_and_user(request)
         hook = _authenticate_hook()
         if hook is not None:
-            user = hook(request, handshake)
+            user = _hook_user(hook(request, handshake), hook)
             if user is not None:
                 request.user = user
+        claim_quotas(conn, request)
         consumer = route.consumer_class(**route.initkwargs)
         consumer.connection = conn
         consumer.request = request
@@ -285,6 +296,7 @@ class DjangoApplication:
         consumer.check_access()
         state.connect_called = True
         self._run(conn, state, consumer.connect, (), {})
+        self._watch_session(conn, state, consumer)
 
     def _call(
         self,
@@ -297,10 +309,12 @@ class DjangoApplication:
     ) -> None:
         """One handler call after the handshake, wrapped like a request."""
         _begin_call()
+        scope = auth.begin_handler_call()
         self.close_old_connections()
         try:
             self._run(conn, state, method, args, kwargs, disconnecting)
         finally:
+            auth.end_handler_call(scope)
             self.close_old_connections()
 
     def _run(
@@ -365,6 +379,108 @@ class DjangoApplication:
             extra={"request": request, "status_code": 500},
         )
         got_request_exception.send(sender=None, request=request)
+
+    # ------------------------------------------------- session-bound sockets
+
+    def _watch_session(self, conn: Any, state: _ConnectionState, consumer: WebSocketConsumer) -> None:
+        """After ``connect()``: a connection bound to its session joins the periodic re-check."""
+        if consumer._session_binding is None or self._live_consumer(state) is None:
+            return
+        interval = get_config()["SESSION_RECHECK_INTERVAL"]
+        if interval:
+            self.rechecker.add(conn, interval)
+
+    def _dispatch_rechecks(self, conns: list[Any]) -> None:
+        """On the rechecker's thread: queue one verification per session on the workers.
+
+        Tabs of one browser share a session: it is read once for all of
+        them (this process's connections bound to it), in the turn of the
+        first one still open, and the others' next check is postponed.
+        """
+        from .groups import get_backend, session_group
+
+        backend = get_backend()
+        done: set[tuple[str, str]] = set()
+        for conn in conns:
+            binding = self._binding_of(conn)
+            if binding is None or (binding.session_key, binding.user_pk) in done:
+                continue
+            ident = (binding.session_key, binding.user_pk)
+            done.add(ident)
+            group = [(conn, binding)]
+            for other in backend.members(session_group(binding.session_key)):
+                other_binding = self._binding_of(other) if other is not conn else None
+                if other_binding is not None and (other_binding.session_key, other_binding.user_pk) == ident:
+                    group.append((other, other_binding))
+            self.rechecker.postpone(other for other, _ in group[1:])
+            for member, _ in group:
+                if member.call_soon(functools.partial(self._recheck, member, group)):
+                    break
+
+    def _binding_of(self, conn: Any) -> auth.SessionBinding | None:
+        consumer = self._live_consumer(getattr(conn, "app_state", None))
+        return getattr(consumer, "_session_binding", None)
+
+    def _recheck(self, conn: Any, group: list[tuple[Any, auth.SessionBinding]]) -> None:
+        state: _ConnectionState | None = conn.app_state
+        if self._live_consumer(state) is None:
+            return
+        assert state is not None
+        self._internal_call(state, self._verify_sessions, conn, group)
+
+    def _verify_sessions(self, current: Any, group: list[tuple[Any, auth.SessionBinding]]) -> None:
+        verdicts: dict[tuple[str, str], bool] = {}
+        for conn, binding in group:
+            ident = (binding.session_key, binding.user_pk)  # read now: a new key may have come meanwhile
+            if ident not in verdicts:
+                verdicts[ident] = auth.session_authenticates(binding)
+                auth.logger.debug("re-checked the session of user %s: %s", binding.user_pk, verdicts[ident])
+            if verdicts[ident]:
+                continue
+            if conn is current:
+                self._end_if_bound(conn, ident)
+            else:
+                conn.call_soon(functools.partial(self._end_in_turn, conn, ident))
+
+    def _end_in_turn(self, conn: Any, ident: tuple[str, str]) -> None:
+        state: _ConnectionState | None = conn.app_state
+        if self._live_consumer(state) is not None:
+            assert state is not None
+            self._internal_call(state, self._end_if_bound, conn, ident)
+
+    def _end_if_bound(self, conn: Any, ident: tuple[str, str]) -> None:
+        consumer = self._live_consumer(conn.app_state)
+        binding = getattr(consumer, "_session_binding", None)
+        if binding is not None and (binding.session_key, binding.user_pk) == ident:
+            self._end_session(consumer, "the periodic re-check found the session ended")
+
+    def _end_session(self, consumer: Any, why: str) -> None:
+        """Close a session-bound connection with 4401: its session no longer authenticates."""
+        conn = consumer.connection
+        consumer._session_binding = None
+        self.rechecker.discard(conn)
+        auth.logger.info(
+            "closing %s (%s) with %d: %s", conn.id, consumer.request.path, auth.SESSION_ENDED, why
+        )
+        consumer.close(auth.SESSION_ENDED, auth.SESSION_ENDED_REASON)
+
+    def _internal_call(self, state: _ConnectionState, function: Callable[..., Any], *args: Any) -> None:
+        """Run django-rawws's own work for a connection in its context, wrapped like a handler call.
+
+        Not consumer code: a failure (the database down during a re-check)
+        is logged and the connection kept; the next re-check tries again.
+        """
+        state.context.run(self._internal, function, args)
+
+    def _internal(self, function: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        _begin_call()
+        self.close_old_connections()
+        try:
+            function(*args)
+        except Exception:  # noqa: BLE001 - logged; the socket must not die of a re-check's failure
+            auth.logger.exception("session check of a WebSocket failed; the connection stays open")
+        finally:
+            self.close_old_connections()
 
 
 def _begin_call() -> None:
@@ -579,6 +695,41 @@ def _apply_proxy_rules(environ: dict[str, Any], peer: str) -> None:
         environ["REMOTE_PORT"] = ""
 
 
+# ------------------------------------------------------------------- quotas
+
+
+def claim_quotas(conn: Any, request: Any) -> None:
+    """Answer 429 past ``MAX_CONNECTIONS_PER_USER``, or past the per-address quota behind a proxy.
+
+    The server counts direct clients per address at accept, without a
+    worker; a trusted proxy is exempt there (every client behind it shares
+    its address), so its clients are counted here, by the address
+    ``X-Forwarded-For`` gave. A logged-in user is counted as ``user:<pk>``:
+    with a session cookie this loads the session's user, as
+    ``login_required`` does (without one, ``request.user`` stays lazy and
+    costs no query). Each slot is held until the connection closes, and
+    counted per process.
+
+    Raises:
+        TooManyRequests: 429 with ``Retry-After``.
+    """
+    claim = getattr(conn, "claim_quota", None)
+    if claim is None:  # a connection double without quotas (the test communicator)
+        return
+    peer = _split_address(conn.remote_address)[0]
+    client = request.META.get("REMOTE_ADDR")
+    if client and client != peer and not conn.claim_client_address(client):
+        raise TooManyRequests("Too Many Requests: too many connections from this address")
+    limit = get_config()["MAX_CONNECTIONS_PER_USER"]
+    user = getattr(request, "user", None)
+    if not limit or user is None:
+        return
+    if isinstance(user, SimpleLazyObject) and settings.SESSION_COOKIE_NAME not in request.COOKIES:
+        return  # the session's user, and there is no session: anonymous
+    if user.is_authenticated and not claim(f"user:{user.pk}", limit):
+        raise TooManyRequests("Too Many Requests: too many connections for this user")
+
+
 # ------------------------------------------------------------------- origin
 
 
@@ -652,17 +803,6 @@ def check_origin(request: Any) -> None:
 
 
 @functools.cache
-def _session_store() -> Any:
-    """The SessionStore class, or None when the project uses no sessions."""
-    uses_sessions = apps.is_installed("django.contrib.sessions") or any(
-        middleware.endswith("SessionMiddleware") for middleware in settings.MIDDLEWARE
-    )
-    if not uses_sessions:
-        return None
-    return import_module(settings.SESSION_ENGINE).SessionStore
-
-
-@functools.cache
 def _authenticate_hook() -> Callable[[Any, Any], Any] | None:
     path = get_config()["AUTHENTICATE"]
     return import_string(path) if path else None
@@ -675,25 +815,50 @@ def _attach_session_and_user(request: Any) -> None:
     """Set ``request.session`` as SessionMiddleware does, and a lazy ``request.user``.
 
     The user is loaded on first use only, as with AuthenticationMiddleware.
+    The lazy object is also kept as ``request._rawws_lazy_user``: while
+    ``request.user`` is still it, the session decides who the user is and
+    the connection is bound to the session (:mod:`django_rawws.auth`).
     """
-    store = _session_store()
+    store = session_store()
     if store is not None:
         request.session = store(request.COOKIES.get(settings.SESSION_COOKIE_NAME))
     if apps.is_installed("django.contrib.auth"):
         if store is not None:
             from django.contrib.auth import get_user
 
-            request.user = SimpleLazyObject(lambda: get_user(request))
+            request.user = request._rawws_lazy_user = SimpleLazyObject(lambda: get_user(request))
         else:
             from django.contrib.auth.models import AnonymousUser
 
             request.user = AnonymousUser()
 
 
-@receiver(setting_changed)
-def _clear_session_store(*, setting: str, **kwargs: Any) -> None:
-    if setting in ("INSTALLED_APPS", "MIDDLEWARE", "SESSION_ENGINE"):
-        _session_store.cache_clear()
+def _hook_user(user: Any, hook: Any) -> Any:
+    """Check what the ``AUTHENTICATE`` hook returned before it becomes ``request.user``.
+
+    ``None`` keeps the session's user; a user object replaces it. An
+    inactive user (``is_active`` False) is refused with 403, as Django's
+    ModelBackend refuses to authenticate one: a token must not outlive the
+    account being disabled. Anything that is not a user (a string, a
+    dict, ``True``, an authenticated user without a primary key) is a bug
+    in the hook: 500, logged, never a half-authenticated connection.
+
+    Raises:
+        Forbidden: an inactive user.
+        TypeError: not a user.
+    """
+    if user is None:
+        return None
+    authenticated = getattr(user, "is_authenticated", None)
+    if not isinstance(authenticated, bool) or (authenticated and getattr(user, "pk", None) is None):
+        name = getattr(hook, "__qualname__", repr(hook))
+        raise TypeError(
+            f"RAWWS['AUTHENTICATE'] hook {name} returned {type(user).__name__!r}: it must return a user "
+            "(with is_authenticated and a pk), AnonymousUser() or None"
+        )
+    if authenticated and getattr(user, "is_active", True) is False:
+        raise Forbidden("Forbidden: inactive user")
+    return user
 
 
 # ----------------------------------------------------------------- watchdog

@@ -18,6 +18,14 @@ time out. An idle connection therefore gives its thread up (it is closed,
 as any keep-alive connection may be) as soon as every thread of the pool is
 taken; otherwise it waits for its next request up to the socket timeout (the
 server sets ``HANDSHAKE_TIMEOUT``).
+
+Limits: the first request's head was read by the I/O thread, within
+``HANDSHAKE_TIMEOUT`` and the head limits. A keep-alive request's head gets
+the same: from its first byte, the whole head must arrive within the socket
+timeout (a client trickling a byte at a time would otherwise hold a thread of
+the pool for ever), and its lines are held to ``MAX_REQUEST_LINE``,
+``MAX_HEADERS`` and ``MAX_HEAD`` as they are read (414 or 431, then the
+connection is closed), before Django's handler parses them.
 """
 
 from __future__ import annotations
@@ -33,6 +41,9 @@ import time
 from typing import Any
 
 from django.core.servers.basehttp import WSGIRequestHandler
+
+from .exceptions import HandshakeError, HeadersTooLarge, RequestLineTooLong
+from .protocol.handshake import build_reject
 
 __all__ = ["serve_http"]
 
@@ -67,6 +78,14 @@ class _Occupancy:
 _occupancy = _Occupancy()
 
 
+class _HeadRefused(Exception):
+    """A keep-alive request's head broke a limit: answer ``error`` and close."""
+
+    def __init__(self, error: HandshakeError) -> None:
+        super().__init__(error.reason)
+        self.error = error
+
+
 class _PrefixedReader(io.RawIOBase):
     """A raw stream that yields ``prefix`` first, then what the socket receives.
 
@@ -74,7 +93,9 @@ class _PrefixedReader(io.RawIOBase):
     a read first waits for the socket to become readable, and ends the input
     instead when the wait is over: after the socket timeout, or at once when
     ``crowded()`` says another connection needs the thread. Within a request,
-    the socket timeout raises ``TimeoutError``.
+    the socket timeout raises ``TimeoutError``; so does ``head_deadline``
+    while the head of a keep-alive request arrives (set when its first byte
+    does, cleared by the handler once the head is parsed).
     """
 
     def __init__(self, prefix: bytes, sock: socket.socket, crowded: Any) -> None:
@@ -83,6 +104,7 @@ class _PrefixedReader(io.RawIOBase):
         self._sock = sock
         self._crowded = crowded
         self.awaiting_request = False
+        self.head_deadline: float | None = None
 
     def readable(self) -> bool:
         return True
@@ -97,6 +119,11 @@ class _PrefixedReader(io.RawIOBase):
             if not self._next_request_arrives():
                 return 0
             self.awaiting_request = False
+            timeout = self._sock.gettimeout()
+            if timeout is not None:
+                self.head_deadline = time.monotonic() + timeout
+        if self.head_deadline is not None:
+            return self._read_head(buffer, self.head_deadline)
         try:
             return self._sock.recv_into(buffer)
         except TimeoutError:
@@ -105,6 +132,24 @@ class _PrefixedReader(io.RawIOBase):
             raise
         except OSError:
             return 0  # a reset: end of input
+
+    def _read_head(self, buffer: Any, deadline: float) -> int:
+        """Read while a keep-alive request's head arrives: within its deadline."""
+        sock = self._sock
+        timeout = sock.gettimeout()
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("request head not complete in time")
+        sock.settimeout(remaining if timeout is None else min(timeout, remaining))
+        try:
+            return sock.recv_into(buffer)
+        except TimeoutError:
+            raise
+        except OSError:
+            return 0
+        finally:
+            sock.settimeout(timeout)
+
 
     def _next_request_arrives(self) -> bool:
         sock = self._sock
@@ -137,9 +182,51 @@ class _PrefixedReader(io.RawIOBase):
                 wait = min(wait, remaining)
 
 
+class _HeadLimiter:
+    """The buffered input while a keep-alive request's head is read: the server's head limits, line by line.
+
+    Django's handler reads the head with ``readline()`` (request line, then
+    header lines up to the empty one); each line is checked as it is read,
+    the same way the I/O thread's parser checks a first request: a line over
+    ``max_line`` bytes (CRLF excluded), more than ``max_headers`` header
+    lines or a head over ``max_head`` bytes. Anything else goes to the
+    reader underneath.
+    """
+
+    def __init__(self, reader: io.BufferedReader, *, max_line: int, max_headers: int, max_head: int) -> None:
+        self.reader = reader
+        self._max_line = max_line
+        self._max_headers = max_headers
+        self._max_head = max_head
+        self._lines = 0
+        self._size = 0
+
+    def readline(self, size: int = -1) -> bytes:
+        room = self._max_line + 3  # the line, CRLF, and one byte to tell it was longer
+        line = self.reader.readline(room if size is None or size < 0 else min(size, room))
+        length = len(line) - (2 if line.endswith(b"\r\n") else 1 if line.endswith(b"\n") else 0)
+        first = self._lines == 0
+        self._lines += 1
+        self._size += len(line)
+        if length > self._max_line:
+            if first:
+                raise _HeadRefused(RequestLineTooLong(f"request line longer than {self._max_line} bytes"))
+            raise _HeadRefused(HeadersTooLarge(f"header line longer than {self._max_line} bytes"))
+        if self._size > self._max_head:
+            raise _HeadRefused(HeadersTooLarge(f"request head larger than {self._max_head} bytes"))
+        if self._lines - 1 > self._max_headers and length > 0:
+            raise _HeadRefused(HeadersTooLarge(f"more than {self._max_headers} header fields"))
+        return line
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.reader, name)
+
+
 class _RequestHandler(WSGIRequestHandler):
     prefix = b""
     workers: int | None = None
+    #: The server's head limits (``max_line``, ``max_headers``, ``max_head``).
+    limits: dict[str, int] = {}
 
     def setup(self) -> None:
         super().setup()
@@ -151,8 +238,11 @@ class _RequestHandler(WSGIRequestHandler):
 
     def handle_one_request(self) -> None:
         # Only the reads before a keep-alive request's first byte may give up early.
-        self._reader.awaiting_request = self._requests > 0
+        keep_alive = self._requests > 0
+        self._reader.awaiting_request = keep_alive
         self._requests += 1
+        if keep_alive and self.limits:
+            self.rfile = _HeadLimiter(self.rfile, **self.limits)  # type: ignore[assignment]
         try:
             super().handle_one_request()
         except TimeoutError:
@@ -160,9 +250,56 @@ class _RequestHandler(WSGIRequestHandler):
             # UnreadablePostError, answered by Django).
             server_logger.info("request from %s timed out", self.client_address[0])
             self.close_connection = True
+        except _HeadRefused as refused:
+            server_logger.info(
+                "request from %s refused with %d: %s",
+                self.client_address[0],
+                refused.error.status_code,
+                refused.error.reason,
+            )
+            self.close_connection = True
+            try:
+                self.wfile.write(build_reject(refused.error))
+                self.wfile.flush()
+                _linger(self.connection)
+            except OSError:
+                pass
+        finally:
+            self._end_of_head()
+
+    def parse_request(self) -> bool:
+        try:
+            return super().parse_request()
+        finally:
+            # The head is read: the body is the view's, with the socket timeout only.
+            self._end_of_head()
+
+    def _end_of_head(self) -> None:
+        self._reader.head_deadline = None
+        if isinstance(self.rfile, _HeadLimiter):
+            self.rfile = self.rfile.reader
 
     def _crowded(self) -> bool:
         return self.workers is not None and _occupancy.count >= self.workers
+
+
+def _linger(sock: socket.socket, timeout: float = 1.0, limit: int = 1 << 16) -> None:
+    """Stop writing, then read and discard briefly, so the client reads the refusal, not a reset."""
+    socket.socket.shutdown(sock, socket.SHUT_WR)
+    deadline = time.monotonic() + timeout
+    received = 0
+    while received < limit:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return
+        sock.settimeout(remaining)
+        try:
+            data = sock.recv(limit)
+        except TimeoutError:
+            return
+        if not data:
+            return
+        received += len(data)
 
 
 class _ServerShim(socketserver.ThreadingMixIn):
@@ -205,9 +342,19 @@ def serve_http(
     connections are held, one waiting idle for a next request is closed so
     that a queued connection gets its thread. ``None``: never closed early.
     """
+    from .conf import get_config
+
+    config = get_config()
+    limits = {
+        "max_line": config["MAX_REQUEST_LINE"],
+        "max_headers": config["MAX_HEADERS"],
+        "max_head": config["MAX_HEAD"],
+    }
     local = sock.getsockname()
     server = _ServerShim(application, str(local[0]), int(local[1]), secure)
-    handler_class = type("PrefixedRequestHandler", (_RequestHandler,), {"prefix": prefix, "workers": workers})
+    handler_class = type(
+        "PrefixedRequestHandler", (_RequestHandler,), {"prefix": prefix, "workers": workers, "limits": limits}
+    )
     _occupancy.enter()
     try:
         handler_class(sock, client_address, server)

@@ -367,17 +367,33 @@ class TestAutomaticGroups:
         consumer = bound(Echo)
         assert automatic_groups(consumer) == ["conn:c1"]
 
+    @pytest.mark.django_db
     @override_settings(SESSION_ENGINE="django.contrib.sessions.backends.cache")
-    def test_a_live_session_adds_session_and_user_groups_without_loading_the_user(self):
+    def test_a_live_session_adds_session_and_user_groups_for_the_user_it_authenticates(self):
+        from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, get_user_model
+        from django.contrib.sessions.backends.cache import SessionStore
+
+        user = get_user_model().objects.create_user("ada")
+        session = SessionStore()
+        session[SESSION_KEY] = str(user.pk)
+        session[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
+        session[HASH_SESSION_KEY] = user.get_session_auth_hash()
+        session.save()
+        consumer = bound(Echo, headers=[("Cookie", f"sessionid={session.session_key}")])
+        assert automatic_groups(consumer) == ["conn:c1", f"session:{session.session_key}", f"user:{user.pk}"]
+        assert consumer.request.user == user  # the user verified for the group: no second query
+
+    @override_settings(SESSION_ENGINE="django.contrib.sessions.backends.cache")
+    def test_a_live_session_that_would_not_authenticate_gives_no_user_group(self):
         from django.contrib.auth import SESSION_KEY
         from django.contrib.sessions.backends.cache import SessionStore
 
         session = SessionStore()
-        session[SESSION_KEY] = "42"
+        session[SESSION_KEY] = "42"  # no backend, no hash: get_user() would say anonymous
         session.save()
         consumer = bound(Echo, headers=[("Cookie", f"sessionid={session.session_key}")])
-        assert automatic_groups(consumer) == ["conn:c1", f"session:{session.session_key}", "user:42"]
-        assert consumer.request.user._wrapped.__class__ is object  # still lazy: no user query
+        assert automatic_groups(consumer) == ["conn:c1", f"session:{session.session_key}"]
+        assert consumer.request.user.is_authenticated is False
 
     @override_settings(SESSION_ENGINE="django.contrib.sessions.backends.cache")
     def test_a_cookie_naming_no_live_session_adds_nothing(self):

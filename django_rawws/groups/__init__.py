@@ -13,7 +13,12 @@ without running consumer code; an event send runs each member consumer's
 method named after ``type`` (``chat.message`` → ``chat_message``) on the
 workers. Inside a transaction a push waits for the commit and is dropped on
 rollback, unless ``immediate=True``. The backend (``RAWWS["GROUP_BACKEND"]``)
-decides how far a send reaches; see ``docs/groups.md``.
+decides how far a send reaches: this process (in-memory) or every process
+sharing a Redis; see ``docs/groups.md`` and ``docs/scaling.md``.
+
+Resumable groups (``GROUP_OPTIONS["resumable"]``) give each raw message an id
+so a reconnecting client gets what it missed (:mod:`.resume`);
+:func:`presence` lists who announced themselves in a group.
 """
 
 from __future__ import annotations
@@ -33,7 +38,6 @@ from ..exceptions import GroupBackendUnavailable
 from .base import (
     BaseGroupBackend,
     LocalGroups,
-    check_message,
     connection_group,
     event_handler_name,
     exclude_ids,
@@ -42,8 +46,13 @@ from .base import (
     user_group,
     validate_group_name,
 )
+from .resume import GAP, PRESENCE, MessageId
 
 __all__ = [
+    "GAP",
+    "PRESENCE",
+    "MessageId",
+    "presence",
     "BaseGroupBackend",
     "GroupBackendUnavailable",
     "LocalGroups",
@@ -150,9 +159,13 @@ def push(
     ``failed_pushes``. With ``immediate=True``, or outside a transaction, the
     send happens now and the number of recipients is returned.
 
+    In a resumable group, ``message`` must be JSON text: members receive it
+    in the envelope ``{"id": ..., "group": ..., "data": <message>}``.
+
     Arguments are checked at the call, deferred or not, so a mistake raises
-    where it was made: ValueError (group name, event type), TypeError
-    (message, event, exclude), ImproperlyConfigured (the backend setting).
+    where it was made: ValueError (group name, event type, a resumable
+    group's message that is not JSON), TypeError (message, event, exclude),
+    ImproperlyConfigured (the backend setting).
 
     Raises:
         GroupBackendUnavailable: a send made now could not reach the backend.
@@ -164,7 +177,7 @@ def push(
     excluded = exclude_ids(exclude)
     send: Callable[[], int]
     if message is not None:
-        send = functools.partial(backend.send_raw, group, check_message(message), excluded)
+        send = functools.partial(backend.send_raw, group, backend.prepare_raw(group, message), excluded)
     else:
         send = functools.partial(backend.send_event, group, prepare_event(event), excluded)
     if not immediate:
@@ -173,6 +186,20 @@ def push(
             _send_on_commit(send, aliases, backend, group)
             return None
     return send()
+
+
+def presence(group: str) -> list[dict[str, Any]]:
+    """Who is in ``group``: the entries of connections that joined with ``presence=``.
+
+    ``[{"conn": "<connection id>", **presence}, ...]`` sorted by connection
+    id; with the Redis backend, from every live process. A user with two tabs
+    is there twice (two connections): group by your own fields to show users.
+
+    Raises:
+        ValueError: invalid group name.
+        GroupBackendUnavailable: the backend can't be reached.
+    """
+    return get_backend().presence(group)
 
 
 def _aliases_in_atomic_block(using: str | None) -> list[str]:

@@ -4,9 +4,14 @@ A backend does two jobs. Membership: which of *this process's* connections
 belong to which group (``add``, ``discard``, ``discard_all``, ``members``,
 ``groups_of``). Delivery: a send to a group reaches its members, wherever they
 are (``send_raw``, ``send_event``). The in-memory backend delivers to the
-members it holds; a cross-process backend (Redis, next) publishes, and each
+members it holds; a cross-process backend (Redis) publishes, and each
 process delivers to its own members with the same :class:`LocalGroups`
 fan-out, so a message is framed once per encoding class *per process*.
+
+Resumable groups and presence (:mod:`.resume`) are merged into that fan-out
+here, the same way for every backend; a backend supplies the storage
+(``_fetch_backlog``) and the announcements (``_presence_join`` /
+``_presence_leave``, :meth:`BaseGroupBackend.presence`).
 
 What crosses a process boundary is therefore kept to plain data from the
 start, whatever the backend: ``exclude`` becomes a set of connection ids and
@@ -30,6 +35,21 @@ from django.core.serializers.json import DjangoJSONEncoder
 
 from ..exceptions import GroupBackendUnavailable
 from ..server import SharedMessage
+from .resume import (
+    Entry,
+    Gate,
+    GroupState,
+    MessageId,
+    compile_patterns,
+    envelope,
+    gap_message,
+    has_gap,
+    matches,
+    presence_entry,
+    presence_message,
+    resume_requests,
+    validate_resumable_message,
+)
 
 __all__ = [
     "MAX_GROUP_NAME_LENGTH",
@@ -353,9 +373,10 @@ class BaseGroupBackend(abc.ABC):
     """Membership of this process's connections, and delivery to groups.
 
     Subclasses implement the transport, :meth:`_publish_raw` and
-    :meth:`_publish_event`; the public methods validate their arguments first,
-    so every backend refuses the same mistakes the same way. A backend is
-    shared by every thread of the process: the I/O thread never calls it,
+    :meth:`_publish_event` (and, to reach further than this process, the
+    resume and presence hooks); the public methods validate their arguments
+    first, so every backend refuses the same mistakes the same way. A backend
+    is shared by every thread of the process: the I/O thread never calls it,
     workers and pushing code do, concurrently.
 
     Servers register with :meth:`attach` after ``start()`` and leave with
@@ -364,44 +385,140 @@ class BaseGroupBackend(abc.ABC):
 
     Options come from ``RAWWS["GROUP_OPTIONS"]`` as keyword arguments; a
     subclass takes its own and passes the rest up, where any left over is a
-    configuration error.
+    configuration error. Every backend takes:
+
+    * ``resumable``: group name patterns (``fnmatch``, such as ``"room.*"``)
+      whose raw messages carry ids and can be resumed (see
+      :mod:`django_rawws.groups.resume`). A setting rather than a consumer
+      attribute, because the *publishing* process, which may run no
+      consumer at all, must know to keep the message;
+    * ``resume_count`` (1000) and ``resume_age`` (300 s): the resume window
+      of each resumable group, whichever is smaller.
     """
 
     #: Whether a send reaches connections of other processes: what a banner,
     #: a system check or a test needs to know about a backend.
     cross_process: ClassVar[bool] = False
 
-    def __init__(self, **options: Any) -> None:
+    def __init__(
+        self,
+        *,
+        resumable: Iterable[str] = (),
+        resume_count: int = 1000,
+        resume_age: float = 300.0,
+        **options: Any,
+    ) -> None:
         if options:
             raise ImproperlyConfigured(
                 f"{type(self).__name__} does not take the GROUP_OPTIONS {sorted(options)!r}"
             )
+        try:
+            self.resumable = compile_patterns(resumable)
+        except TypeError as exc:
+            raise ImproperlyConfigured(f"GROUP_OPTIONS: {exc}") from None
+        if not isinstance(resume_count, int) or isinstance(resume_count, bool) or resume_count < 1:
+            raise ImproperlyConfigured(f"GROUP_OPTIONS 'resume_count' is a positive int, not {resume_count!r}")
+        if not isinstance(resume_age, (int, float)) or isinstance(resume_age, bool) or resume_age <= 0:
+            raise ImproperlyConfigured(f"GROUP_OPTIONS 'resume_age' is a positive number of seconds, not {resume_age!r}")
+        self.resume_count = resume_count
+        self.resume_age = float(resume_age)
         self.local = LocalGroups()
         self._servers: list[Any] = []
         self._state_lock = threading.Lock()
         self._closed = False
         #: Pushes deferred to commit that failed when they ran (logged at ERROR).
         self.failed_pushes = 0
+        # Groups that need more than plain fan-out (resumable, gated, with presence).
+        self._states: dict[str, GroupState] = {}
+        self._states_lock = threading.Lock()
+        # Gates waiting for their connection to open, by connection.
+        self._unopened: dict[Any, list[tuple[str, Gate]]] = {}
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__}>"
 
+    def is_resumable(self, group: str) -> bool:
+        """Whether ``group`` matches a ``resumable`` pattern."""
+        return bool(self.resumable) and matches(self.resumable, group)
+
     # ------------------------------------------------------------ membership
 
-    def add(self, group: str, conn: Any) -> None:
-        """Add a connection of this process to ``group`` (idempotent)."""
+    def add(
+        self,
+        group: str,
+        conn: Any,
+        *,
+        presence: Mapping[str, Any] | None = None,
+        last_id: str | MessageId | None = None,
+    ) -> None:
+        """Add a connection of this process to ``group`` (idempotent).
+
+        ``presence``: announce the connection in the group's presence list
+        with these JSON fields (``{"user": 1, "name": "ada"}``); it then also
+        receives the group's presence snapshot and changes (see
+        :meth:`presence`).
+
+        ``last_id``: for a resumable group, the last message id the client
+        saw; by default taken from the handshake's ``last_id.<group>=<id>``
+        query parameter. The client then receives what it missed before the
+        live flow, once the connection is open (:meth:`connection_opened`).
+
+        Raises:
+            ValueError: invalid group name, a bad ``last_id`` or a ``conn`` key in ``presence``.
+            TypeError: ``presence`` is not a JSON-serialisable dict.
+        """
         validate_group_name(group)
+        entry = presence_entry(conn.id, presence) if presence is not None else None
+        resumable = self.is_resumable(group)
+        resume_from: MessageId | None = None
+        if resumable:
+            if last_id is not None:
+                resume_from = last_id if isinstance(last_id, MessageId) else MessageId.parse(last_id)
+            else:
+                resume_from = _requested_resume(conn, group)
+        gate: Gate | None = None
+        if resumable or entry is not None:
+            state = self._state(group)
+            with state.lock:
+                # The gate exists before the connection is a member: nothing
+                # of the live flow can reach it ahead of its catch-up.
+                if resume_from is not None or entry is not None:
+                    existing = state.gates.get(conn)
+                    if existing is None or not existing.pending:
+                        gate = state.gates[conn] = Gate(resume_from, entry is not None)
+                if entry is not None:
+                    state.presence[conn] = entry
         if self.local.add(group, conn):
             self._group_activated(group)
+        if gate is not None:
+            self._wait_subscribed(group)
+        if entry is not None:
+            self._presence_join(group, conn, entry)
+        if gate is not None:
+            if getattr(conn, "is_open", False):
+                self._open_gate(group, conn, gate)
+            else:
+                with self._states_lock:
+                    self._unopened.setdefault(conn, []).append((group, gate))
 
     def discard(self, group: str, conn: Any) -> None:
         """Remove a connection from ``group``; nothing happens if it was not a member."""
-        if self.local.discard(group, conn):
+        emptied = self.local.discard(group, conn)
+        self._forget(group, conn)
+        if emptied:
+            self._drop_state_if_idle(group)
             self._group_deactivated(group)
 
     def discard_all(self, conn: Any) -> None:
         """Remove a connection from every group (at disconnect)."""
-        for group in self.local.discard_all(conn):
+        groups = self.local.groups_of(conn)
+        emptied = self.local.discard_all(conn)
+        with self._states_lock:
+            self._unopened.pop(conn, None)
+        for group in groups:
+            self._forget(group, conn)
+        for group in emptied:
+            self._drop_state_if_idle(group)
             self._group_deactivated(group)
 
     def members(self, group: str) -> list[Any]:
@@ -411,6 +528,22 @@ class BaseGroupBackend(abc.ABC):
     def groups_of(self, conn: Any) -> set[str]:
         """The groups a connection of this process is in."""
         return self.local.groups_of(conn)
+
+    def connection_opened(self, conn: Any) -> None:
+        """The connection is open: send it what its resumable and presence groups hold for it.
+
+        Consumers call this from ``accept()``; an application using the
+        server directly calls it after ``conn.accept()``. Cheap when there is
+        nothing to send. Never raises: a failure is logged and the client
+        gets a gap message.
+        """
+        with self._states_lock:
+            waiting = self._unopened.pop(conn, None)
+        for group, gate in waiting or ():
+            try:
+                self._open_gate(group, conn, gate)
+            except Exception:
+                logger.exception("could not send the catch-up of group %r to %r", group, conn)
 
     def _group_activated(self, group: str) -> None:
         """``group`` got its first member in this process (a cross-process backend subscribes).
@@ -427,21 +560,60 @@ class BaseGroupBackend(abc.ABC):
         Same ordering caveat as :meth:`_group_activated`.
         """
 
+    def _wait_subscribed(self, group: str) -> None:
+        """Return once live messages of ``group`` reach this process (before a catch-up is read)."""
+
+    # -------------------------------------------------------------- presence
+
+    def presence(self, group: str) -> list[dict[str, Any]]:
+        """Who announced themselves in ``group``: ``[{"conn": <id>, **presence}, ...]``, sorted by ``conn``.
+
+        The in-memory backend knows this process's connections; a
+        cross-process backend lists every live process's.
+        """
+        validate_group_name(group)
+        state = self._states.get(group)
+        if state is None:
+            return []
+        with state.lock:
+            entries = list(state.presence.values())
+        return sorted(entries, key=lambda entry: entry["conn"])
+
+    def _presence_join(self, group: str, conn: Any, entry: dict[str, Any]) -> None:
+        """Tell the group's presence watchers that ``entry`` joined (a cross-process backend publishes)."""
+        self._deliver_notice(group, {"joined": [entry]})
+
+    def _presence_leave(self, group: str, conn: Any, entry: dict[str, Any]) -> None:
+        self._deliver_notice(group, {"left": [entry]})
+
     # -------------------------------------------------------------- delivery
+
+    def prepare_raw(self, group: str, message: object) -> str | bytes:
+        """Check a raw message for ``group``: ``str`` or ``bytes``; JSON text for a resumable group.
+
+        Raises:
+            TypeError: wrong type. ValueError: a resumable group's message that is not JSON.
+        """
+        checked = check_message(message)
+        if self.is_resumable(group):
+            return validate_resumable_message(group, checked)
+        return checked
 
     def send_raw(self, group: str, message: str | bytes, exclude: Any = None) -> int:
         """Send a text or binary message to every member of ``group`` but ``exclude``.
 
         No consumer code runs: the frames are built once per encoding class
-        and queued on every member. Returns the number of recipients (for a
-        cross-process backend, as its documentation defines it).
+        and queued on every member. In a resumable group the message must be
+        JSON text and members receive it in an envelope with its id. Returns
+        the number of recipients (for a cross-process backend, as its
+        documentation defines it).
 
         Raises:
             ValueError: invalid group name. TypeError: bad message or exclude.
             GroupBackendUnavailable: the backend can't take the send.
         """
         validate_group_name(group)
-        message = check_message(message)
+        message = self.prepare_raw(group, message)
         excluded = exclude_ids(exclude)
         self.check_available()
         return self._publish_raw(group, message, excluded)
@@ -451,7 +623,9 @@ class BaseGroupBackend(abc.ABC):
 
         Each member's consumer method named after ``event["type"]`` runs on a
         worker, after what that connection already has queued. Returns the
-        number of recipients, as :meth:`send_raw`.
+        number of recipients, as :meth:`send_raw`. Events carry no id, even
+        in a resumable group: each member's consumer shapes its own output,
+        which no window could replay.
 
         Raises:
             ValueError: invalid group name or event type.
@@ -472,6 +646,168 @@ class BaseGroupBackend(abc.ABC):
     def _publish_event(self, group: str, event: dict[str, Any], excluded: frozenset[str]) -> int:
         """Transport a validated event send (see :meth:`send_event`)."""
 
+    def _fetch_backlog(self, group: str, after: MessageId) -> tuple[list[Entry], MessageId | None]:
+        """The window's entries of ``group`` newer than ``after``, oldest first, and the newest id."""
+        return [], None
+
+    def _deliver_raw(
+        self, group: str, payload: str | bytes, excluded: frozenset[str], msg_id: MessageId | None = None
+    ) -> int:
+        """Hand a raw message of the live flow to this process's members; return how many took it.
+
+        ``payload`` is what clients receive (for a resumable group, the
+        envelope). Plain groups take the lock-free path; others go through
+        their state, where catch-ups are merged in.
+        """
+        state = self._states.get(group)
+        if state is None:
+            return self.local.send_raw(group, payload, excluded)
+        with state.lock:
+            if msg_id is not None:
+                if state.catch_up is not None:
+                    state.catch_up.append((msg_id, payload, excluded))  # type: ignore[arg-type]
+                    return 0
+                if state.last_id is not None and msg_id <= state.last_id:
+                    return 0  # already delivered by the process's own catch-up
+                state.last_id = msg_id
+            return self._fan_out_locked(state, group, payload, excluded, msg_id)
+
+    def _fan_out_locked(
+        self,
+        state: GroupState,
+        group: str,
+        payload: str | bytes,
+        excluded: frozenset[str],
+        msg_id: MessageId | None,
+    ) -> int:
+        members = self.local.members(group)
+        if not members:
+            return 0
+        shared = SharedMessage(payload)
+        gates = state.gates
+        limit = self.resume_count + 1000
+        sent = 0
+        for conn in members:
+            if excluded and conn.id in excluded:
+                continue
+            if gates:
+                gate = gates.get(conn)
+                if gate is not None:
+                    taken = gate.offer(msg_id, shared, limit)
+                    if gate.done:
+                        del gates[conn]
+                    if taken:
+                        continue
+            try:
+                if conn.send_shared(shared):
+                    sent += 1
+            except Exception:
+                logger.exception("raw send to %r in group %r failed", conn, group)
+        return sent
+
+    def _deliver_notice(self, group: str, change: dict[str, list[dict[str, Any]]]) -> None:
+        """Send a presence change to the connections of this process that announced themselves in ``group``."""
+        state = self._states.get(group)
+        if state is None:
+            return
+        shared = SharedMessage(presence_message(group, **change))
+        limit = self.resume_count + 1000
+        # A member needn't hear that it joined: its snapshot has it.
+        joiners = {entry.get("conn") for entry in change.get("joined", ())}
+        with state.lock:
+            for conn in list(state.presence):
+                if conn.id in joiners:
+                    continue
+                gate = state.gates.get(conn)
+                if gate is not None and gate.offer(None, shared, limit):
+                    continue
+                try:
+                    conn.send_shared(shared)
+                except Exception:
+                    logger.exception("presence notice to %r in group %r failed", conn, group)
+
+    def _open_gate(self, group: str, conn: Any, gate: Gate) -> None:
+        """Send a connection its catch-up, then what the live flow brought meanwhile, in id order."""
+        entries: list[Entry] = []
+        gap = False
+        if gate.resume_from is not None:
+            try:
+                entries, last = self._fetch_backlog(group, gate.resume_from)
+            except Exception as exc:
+                logger.warning("could not read the resume window of group %r (%s): the client gets a gap", group, exc)
+                gap = True
+            else:
+                gap = has_gap(gate.resume_from, entries, last)
+        snapshot: list[dict[str, Any]] | None = None
+        if gate.presence:
+            try:
+                snapshot = self.presence(group)
+            except Exception as exc:
+                logger.warning("could not read the presence of group %r (%s)", group, exc)
+        state = self._states.get(group)
+        if state is None:
+            return
+        with state.lock:
+            if state.gates.get(conn) is not gate:
+                return  # the connection left meanwhile
+            if gate.overflowed:
+                gap = True
+            last_sent = None if gap else gate.resume_from
+            # Through send_shared() like the live flow, so the catch-up and the
+            # held messages queue on the connection in this order.
+            if gap:
+                conn.send_shared(SharedMessage(gap_message(group)))
+            for entry in entries:
+                if last_sent is None or entry.id > last_sent:
+                    last_sent = entry.id
+                    if conn.id not in entry.excluded:
+                        conn.send_shared(SharedMessage(envelope(entry.id, group, entry.data)))
+            if snapshot is not None:
+                conn.send_shared(SharedMessage(presence_message(group, members=snapshot)))
+            for msg_id, shared in gate.buffer:
+                if msg_id is None:
+                    conn.send_shared(shared)
+                elif last_sent is None or msg_id > last_sent:
+                    last_sent = msg_id
+                    conn.send_shared(shared)
+            gate.buffer = []
+            gate.pending = False
+            gate.last = last_sent
+            gate.dedupe = gate.resume_from is not None
+            if gate.done:
+                del state.gates[conn]
+
+    def _state(self, group: str) -> GroupState:
+        with self._states_lock:
+            state = self._states.get(group)
+            if state is None:
+                state = self._states[group] = GroupState()
+            return state
+
+    def _forget(self, group: str, conn: Any) -> None:
+        """Drop a leaving connection's gate and presence entry in ``group`` (announcing the leave)."""
+        state = self._states.get(group)
+        if state is None:
+            return
+        with state.lock:
+            state.gates.pop(conn, None)
+            entry = state.presence.pop(conn, None)
+        if entry is not None:
+            try:
+                self._presence_leave(group, conn, entry)
+            except Exception as exc:
+                logger.warning("could not announce that %s left group %r (%s)", entry["conn"], group, exc)
+
+    def _drop_state_if_idle(self, group: str) -> None:
+        with self._states_lock:
+            state = self._states.get(group)
+            if state is not None and state.idle and not self.local.has_members(group):
+                del self._states[group]
+
+    def _states_snapshot(self) -> list[tuple[str, GroupState]]:
+        with self._states_lock:
+            return list(self._states.items())
+
     # ------------------------------------------------------------- lifecycle
 
     def attach(self, server: Any) -> None:
@@ -485,7 +821,20 @@ class BaseGroupBackend(abc.ABC):
         with self._state_lock:
             if server in self._servers:
                 self._servers.remove(server)
-        for group in self.local.discard_where(lambda conn: getattr(conn, "server", None) is server):
+
+        def of_server(conn: Any) -> bool:
+            return getattr(conn, "server", None) is server
+
+        for group, state in self._states_snapshot():
+            with state.lock:
+                leaving = [conn for conn in state.presence if of_server(conn)]
+            for conn in leaving:
+                self._forget(group, conn)
+        with self._states_lock:
+            for conn in [conn for conn in self._unopened if of_server(conn)]:
+                del self._unopened[conn]
+        for group in self.local.discard_where(of_server):
+            self._drop_state_if_idle(group)
             self._group_deactivated(group)
 
     @property
@@ -516,3 +865,12 @@ class BaseGroupBackend(abc.ABC):
             "servers": len(self.servers),
             "failed_pushes": self.failed_pushes,
         }
+
+
+def _requested_resume(conn: Any, group: str) -> MessageId | None:
+    """The ``last_id.<group>`` the client put in its handshake URL, if any."""
+    handshake = getattr(conn, "handshake", None)
+    query = getattr(handshake, "query_string", None)
+    if not query:
+        return None
+    return resume_requests(query).get(group)

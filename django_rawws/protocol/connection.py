@@ -86,6 +86,8 @@ class Connection:
         "close_reason_received",
         "close_code_sent",
         "failure",
+        "frames_received",
+        "control_frames_received",
         "_deflate",
         "_mask_source",
         "_expect_mask",
@@ -127,6 +129,12 @@ class Connection:
         self.close_reason_received = ""
         self.close_code_sent: int | None = None
         self.failure: ProtocolError | None = None
+        #: Frames parsed so far (all of them), and the control frames among
+        #: them: what the I/O layer charges a peer's rate limit with, since a
+        #: flood of pings or of empty fragments completes no message yet
+        #: costs the parser as much as messages do.
+        self.frames_received = 0
+        self.control_frames_received = 0
         self._deflate = deflate
         self._mask_source = mask_source
         self._expect_mask = role is Role.SERVER
@@ -266,6 +274,8 @@ class Connection:
                 if mask is not None:
                     payload = apply_mask(payload, mask)
                 pos = start + length
+                self.frames_received += 1
+                self.control_frames_received += 1
                 self._handle_control(opcode, bytes(payload), events)
                 if self._discarding:
                     return end
@@ -288,6 +298,7 @@ class Connection:
             if not compressed and self._msg_size + length > self.max_message_size:
                 raise MessageTooBig(f"message exceeds the {self.max_message_size}-byte limit")
             pos += header_size
+            self.frames_received += 1
 
             if opcode != _OP_CONTINUATION:
                 if fin and end - pos >= length:

@@ -11,7 +11,10 @@ from dataclasses import dataclass, field
 
 from ..protocol.deflate import DeflateOptions
 
-__all__ = ["ServerConfig", "default_worker_count"]
+__all__ = ["LOOPBACK", "ServerConfig", "default_worker_count"]
+
+#: The loopback networks, never counted per address.
+LOOPBACK = ("127.0.0.0/8", "::1/128")
 
 
 def default_worker_count() -> int:
@@ -26,6 +29,24 @@ class ServerConfig:
     workers: int = field(default_factory=default_worker_count)
     #: Open WebSockets and handshakes in progress; past it, 503.
     max_connections: int = 10_000
+    #: Connections per client address (IPv6: per /64), counted by the I/O
+    #: thread at accept; past it, 429. ``None`` disables.
+    max_connections_per_address: int | None = 256
+    #: Peers not counted per address (CIDRs): the loopback, where a local
+    #: proxy or a load test connects from, and the trusted proxies, whose
+    #: address every client behind them shares (the application counts those
+    #: clients with ``conn.claim_client_address()``).
+    quota_exempt: tuple[str, ...] = LOOPBACK
+    #: Messages a client may send per second on average, and at once (a
+    #: token bucket per connection; a ping or pong costs as much as a
+    #: message, a fragment that does not end its message 1/128 of one);
+    #: past it, 1008. ``None`` disables.
+    message_rate: float | None = 100.0
+    message_burst: int = 200
+    #: Seconds work may wait for a worker before the server calls itself
+    #: overloaded: new handshakes then get 503, and connections whose inbox
+    #: is full are closed with 1013. ``None`` disables.
+    overload_delay: float | None = 5.0
     #: Largest incoming message after decompression, and largest frame.
     max_message_size: int = 1 << 20
     max_frame_size: int | None = None

@@ -45,6 +45,7 @@ from ..protocol.handshake import (
     validate_request,
 )
 from ..protocol.http import Request, RequestParser, build_response
+from .limits import FRAGMENTS_PER_TOKEN, TokenBucket, address_key
 from .poller import READ, WRITE
 
 if TYPE_CHECKING:
@@ -133,7 +134,12 @@ class ServerConnection:
         "_app_called",
         "_disconnect_queued",
         "_timer_at",
-        "_over_capacity",
+        "_refusal",
+        "_quota_keys",
+        "_bucket",
+        "_frames_counted",
+        "_controls_counted",
+        "_deciding_since",
         "_tls",
         "_tls_handshaking",
         "_tls_want_write",
@@ -141,7 +147,13 @@ class ServerConnection:
     )
 
     def __init__(
-        self, server: Server, sock: socket.socket, remote_address: Any, *, over_capacity: bool = False
+        self,
+        server: Server,
+        sock: socket.socket,
+        remote_address: Any,
+        *,
+        refusal: HandshakeError | None = None,
+        quota_key: str | None = None,
     ) -> None:
         config = server.config
         self.server = server
@@ -179,7 +191,16 @@ class ServerConnection:
         self._app_called = False
         self._disconnect_queued = False
         self._timer_at: float | None = None
-        self._over_capacity = over_capacity
+        # A status decided at accept (503 past MAX_CONNECTIONS, 429 past the
+        # per-address quota), sent as soon as the socket can take it, before
+        # anything is read: such a client never reaches a worker.
+        self._refusal = refusal
+        # Quota slots this connection holds, given back when its socket closes.
+        self._quota_keys: list[str] = [quota_key] if quota_key is not None else []
+        self._bucket: TokenBucket | None = None
+        self._frames_counted = 0
+        self._controls_counted = 0
+        self._deciding_since = 0.0
         # A TLS socket first completes its handshake, driven by readiness.
         self._tls = isinstance(sock, ssl.SSLSocket)
         self._tls_handshaking = self._tls
@@ -245,6 +266,8 @@ class ServerConnection:
             self.status = 101
             self.phase = Phase.OPEN
             self._last_received = time.monotonic()
+            if config.message_rate is not None:
+                self._bucket = TokenBucket(config.message_rate, config.message_burst, self._last_received)
             self._write_locked(response)
             trailing, self._trailing = self._trailing, b""
             if trailing:
@@ -336,6 +359,51 @@ class ServerConnection:
         """Run ``function()`` on a worker in this connection's turn (after what is queued)."""
         return self._enqueue(_CALL, function)
 
+    def claim_quota(self, key: str, limit: int) -> bool:
+        """Hold one of ``limit`` slots of ``key`` until this connection closes; False when all are taken.
+
+        For the application's own quotas, decided during the handshake call
+        (the Django side counts ``user:<pk>`` this way and answers 429). Slots
+        are per server, so per process. A refusal is logged once per key per
+        minute. A connection already closed holds nothing and gets True.
+        """
+        with self.lock:
+            if self.phase is Phase.CLOSED:
+                return True
+            if not self.server.quotas.claim(key, limit):
+                refused = True
+            else:
+                refused = False
+                self._quota_keys.append(key)
+        if refused:
+            self.server.violations.log(
+                "quota",
+                key,
+                "refusing %s with 429: %s already holds %d connection(s), its quota",
+                _format_address(self.remote_address),
+                key,
+                limit,
+            )
+        return not refused
+
+    def claim_client_address(self, host: str) -> bool:
+        """Count this connection under the per-address quota of ``host``, its real client.
+
+        For a peer exempt from the quota at accept (a trusted proxy): the
+        application names the client it found in ``X-Forwarded-For``. False
+        when that client already holds ``max_connections_per_address``.
+        """
+        limit = self.server.config.max_connections_per_address
+        if limit is None:
+            return True
+        return self.claim_quota(address_key(host), limit)
+
+    def _release_quotas_locked(self) -> None:
+        keys, self._quota_keys = self._quota_keys, []
+        quotas = self.server.quotas
+        for key in keys:
+            quotas.release(key)
+
     def _enqueue(self, kind: str, value: Any) -> bool:
         with self.lock:
             if self.phase is not Phase.OPEN or self._disconnect_queued:
@@ -361,8 +429,8 @@ class ServerConnection:
 
     def register(self) -> None:
         with self.lock:
-            if self._over_capacity and not self._tls_handshaking:
-                self._reject_locked(ServiceUnavailable("Service Unavailable: too many connections"))
+            if self._refusal is not None and not self._tls_handshaking:
+                self._reject_locked(self._refusal)
             else:
                 self._set_interest_locked(READ)
 
@@ -454,8 +522,8 @@ class ServerConnection:
             return False
         self._tls_handshaking = False
         self._tls_want_write = False
-        if self._over_capacity:
-            self._reject_locked(ServiceUnavailable("Service Unavailable: too many connections"))
+        if self._refusal is not None:
+            self._reject_locked(self._refusal)
             return False
         self._set_interest_locked(READ)
         return True
@@ -569,8 +637,12 @@ class ServerConnection:
         if self.server.shutting_down:
             self._reject_locked(ServiceUnavailable("Service Unavailable: the server is shutting down"))
             return
+        if self.server.overloaded:
+            self._reject_locked(ServiceUnavailable("Service Unavailable: the server is overloaded"))
+            return
         self.handshake = handshake
         self.phase = Phase.DECIDING
+        self._deciding_since = time.monotonic()
         self._app_called = True
         self.server.handshake_started()
         self._update_interest_locked()
@@ -613,6 +685,7 @@ class ServerConnection:
             self._in_poller = False
             self._registered = 0
         self.phase = Phase.CLOSED
+        self._release_quotas_locked()
         prefix = request.head + self._trailing
         self._trailing = b""
         self.server.forget(self, log=False)  # the HTTP handler logs its own requests
@@ -627,21 +700,44 @@ class ServerConnection:
         proto = self._proto
         assert proto is not None
         events = proto.receive_data(data)
+        # The rate limit: a message costs a token, so does a control frame,
+        # and each fragment that does not end a message a fraction of one.
+        # Messages of this read beyond the tokens there were are dropped.
+        within: int | None = None
+        bucket = self._bucket
+        if bucket is not None:
+            frames = proto.frames_received - self._frames_counted
+            if frames:
+                controls = proto.control_frames_received - self._controls_counted
+                self._frames_counted = proto.frames_received
+                self._controls_counted = proto.control_frames_received
+                messages = 0
+                for event in events:
+                    if type(event) is TextMessage or type(event) is BinaryMessage:
+                        messages += 1
+                cost = messages + controls + (frames - controls - messages) / FRAGMENTS_PER_TOKEN
+                before = bucket.charge(cost, time.monotonic())
+                if before < cost:
+                    within = max(0, int(before))
         out = proto.data_to_send()
         if out:
             self._write_locked(out)
         if not events:
+            if within is not None:
+                self._rate_exceeded_locked()
             return
         inbox = self._inbox
         by_us = self._by_us
         for event in events:
             kind = type(event)
-            if kind is TextMessage:
-                if not by_us:
-                    inbox.append((_MESSAGE, event.text))  # type: ignore[attr-defined]
-            elif kind is BinaryMessage:
-                if not by_us:
-                    inbox.append((_MESSAGE, event.data))  # type: ignore[attr-defined]
+            if kind is TextMessage or kind is BinaryMessage:
+                if by_us:
+                    continue
+                if within is not None:
+                    if within <= 0:
+                        continue
+                    within -= 1
+                inbox.append((_MESSAGE, event.text if kind is TextMessage else event.data))  # type: ignore[attr-defined]
             elif kind is Pong:
                 self._ping_sent_at = None
             elif kind is CloseReceived:
@@ -655,11 +751,78 @@ class ServerConnection:
                     "closing %s with %d: %s", _format_address(self.remote_address), event.code, event.reason  # type: ignore[attr-defined]
                 )
                 self._start_draining_locked()
+        if within is not None:
+            # After the messages within the limit, so disconnect() follows them.
+            self._rate_exceeded_locked()
         if inbox:
             self._schedule_locked()
             if len(inbox) >= self.server.config.max_pending_messages and self.phase is Phase.OPEN:
                 self._read_paused = True
+                if self._bucket is not None:
+                    self._bucket.pause(time.monotonic())
                 self._update_interest_locked()
+
+    def _rate_exceeded_locked(self) -> None:
+        """Fail with 1008: the client sent faster than ``message_rate`` / ``message_burst`` allow."""
+        proto = self._proto
+        if proto is None or self.phase not in (Phase.OPEN, Phase.CLOSING):
+            return
+        config = self.server.config
+        self.server.violations.log(
+            "rate",
+            address_key(_host(self.remote_address)),
+            "closing %s with 1008: more than %d messages at once or %g a second on average (MESSAGE_RATE)",
+            _format_address(self.remote_address),
+            config.message_burst,
+            config.message_rate,
+        )
+        proto.fail(CloseCode.POLICY_VIOLATION, "message rate exceeded")
+        self._write_locked(proto.data_to_send())
+        if self.close_code is None:
+            self.close_code = CloseCode.POLICY_VIOLATION
+        self._by_us = True
+        self._start_draining_locked()
+
+    def shed_for_overload(self, now: float) -> str | None:
+        """The server is overloaded (I/O thread): refuse or close this connection if it adds to it.
+
+        A handshake whose call has waited ``overload_delay`` for a worker, and
+        has not started, is answered 503 (the application never sees it, so
+        no ``disconnect()`` is due). An open connection whose inbox is full
+        (reading paused by backpressure) is closed with 1013 (Try Again
+        Later); the messages and events it had waiting are dropped and its
+        ``disconnect(1013)`` comes next. Return what was done, or None.
+        """
+        config = self.server.config
+        delay = config.overload_delay
+        if delay is None:
+            return None
+        with self.lock:
+            inbox = self._inbox
+            if self.phase is Phase.DECIDING:
+                if not inbox or inbox[0][0] != _HANDSHAKE or now - self._deciding_since < delay:
+                    return None
+                inbox.popleft()
+                self._app_called = False
+                self.server.handshake_cancelled()
+                self._reject_locked(ServiceUnavailable("Service Unavailable: the server is overloaded"))
+                return "refused"
+            if (
+                self.phase is Phase.OPEN
+                and self._read_paused
+                and len(inbox) >= config.max_pending_messages
+                and self._proto is not None
+            ):
+                kept = [item for item in inbox if item[0] in (_CALL, _DISCONNECT)]
+                inbox.clear()
+                inbox.extend(kept)
+                self._proto.fail(CloseCode.TRY_AGAIN_LATER, "server overloaded")
+                self._write_locked(self._proto.data_to_send())
+                self.close_code = CloseCode.TRY_AGAIN_LATER
+                self._by_us = True
+                self._start_draining_locked()
+                return "closed"
+        return None
 
     def _on_eof_locked(self) -> None:
         if self.phase in (Phase.OPEN, Phase.CLOSING):
@@ -703,6 +866,7 @@ class ServerConnection:
             pass
         self._out = bytearray()
         self._proto = None
+        self._release_quotas_locked()
         self.server.forget(self)
 
     def _queue_disconnect_locked(self) -> None:
@@ -814,10 +978,18 @@ class ServerConnection:
                     self._scheduled = False
                     return
                 kind, value = self._inbox.popleft()
-                if self._read_paused and len(self._inbox) <= low_water and self.phase is Phase.OPEN:
-                    # Time paused by our own backpressure never counts against keepalive.
+                if (
+                    self._read_paused
+                    and len(self._inbox) <= low_water
+                    and self.phase is Phase.OPEN
+                    and not self.server.shutting_down  # stop() paused it for good
+                ):
+                    # Time paused by our own backpressure never counts against
+                    # keepalive, nor against the rate limit.
                     self._read_paused = False
                     self._last_received = time.monotonic()
+                    if self._bucket is not None:
+                        self._bucket.resume(self._last_received)
                     self._ping_sent_at = None
                     self._update_interest_locked()
                     resumed = True
@@ -885,6 +1057,12 @@ class SharedMessage:
         if codec.shareable:  # type: ignore[attr-defined]
             return codec.encoding_key  # type: ignore[attr-defined]
         return None
+
+
+def _host(address: Any) -> str:
+    if isinstance(address, tuple) and address:
+        return str(address[0])
+    return str(address)
 
 
 def _format_address(address: Any) -> str:

@@ -33,9 +33,11 @@ import threading
 import time
 from typing import Any
 
+from ..exceptions import ServiceUnavailable, TooManyRequests
 from ..protocol.codes import CloseCode
 from .config import ServerConfig
-from .connection import Phase, ServerConnection, _format_address
+from .connection import Phase, ServerConnection, _format_address, _host
+from .limits import QuotaTable, ViolationLog, address_key, in_networks, parse_networks
 from .poller import READ, Poller
 from .workers import WorkerPool
 
@@ -108,6 +110,15 @@ class Server:
         self._emfile_logged = False
         self._stopped = threading.Event()
         self._connections_changed = threading.Condition()
+        #: Connection quotas (per client address, and the application's own).
+        self.quotas = QuotaTable()
+        #: Violations (quotas, rates, capacity) logged once per client a minute.
+        self.violations = ViolationLog(logger)
+        self._quota_exempt = parse_networks(self.config.quota_exempt)
+        delay = self.config.overload_delay
+        self._overload_interval = min(1.0, delay / 4) if delay is not None else 0.0
+        self._next_overload_check = 0.0
+        self._overload_since = 0.0
 
     # ------------------------------------------------------------- lifecycle
 
@@ -246,6 +257,13 @@ class Server:
         def serve() -> None:
             try:
                 self.app.http_request(sock, client_address, request, prefix)
+            except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError) as exc:
+                # The client left while its response was written: its doing,
+                # not an error of ours (a traceback per reset would let any
+                # client flood the error log).
+                logger.info(
+                    "%s went away during its HTTP response (%s)", _format_address(client_address), exc
+                )
             except Exception:
                 logger.exception("error while serving an HTTP request from %s", _format_address(client_address))
             finally:
@@ -348,6 +366,10 @@ class Server:
                 if self._accept_paused_until:
                     pause = max(0.0, self._accept_paused_until - time.monotonic())
                     timeout = pause if timeout is None else min(timeout, pause)
+                overload_check = self._overload_check_due()
+                if overload_check:
+                    interval = self._overload_interval
+                    timeout = interval if timeout is None else min(timeout, interval)
                 for fd, events in poller.poll(timeout):
                     if fd == listen_fd:
                         self._accept()
@@ -364,6 +386,8 @@ class Server:
                 self._run_attention()
                 self._run_commands()
                 self._run_timers()
+                if overload_check:
+                    self._check_overload(time.monotonic())
                 if self._accept_paused_until and time.monotonic() >= self._accept_paused_until:
                     self._resume_accepting()
         except Exception:
@@ -421,7 +445,6 @@ class Server:
     def _accept(self) -> None:
         listener = self._listener
         assert listener is not None
-        config = self.config
         while True:
             try:
                 sock, address = listener.accept()
@@ -439,12 +462,44 @@ class Server:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self.ssl_context is not None:
                 sock = self.ssl_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
-            open_count = len(self._connections) + len(self._http_sockets)
-            over = self.shutting_down or open_count >= config.max_connections
-            conn = ServerConnection(self, sock, address, over_capacity=over)
+            refusal, quota_key = self._admit(address)
+            conn = ServerConnection(self, sock, address, refusal=refusal, quota_key=quota_key)
             self._connections[conn.fd] = conn
             conn.register()
             self._reconcile(conn)
+
+    def _admit(self, address: Any) -> tuple[Any, str | None]:
+        """Decide at accept, without a worker: a refusal (503, 429) or the quota slot taken."""
+        config = self.config
+        open_count = len(self._connections) + len(self._http_sockets)
+        if self.shutting_down or open_count >= config.max_connections:
+            if not self.shutting_down:
+                self.violations.log(
+                    "capacity",
+                    "*",
+                    "refusing new connections with 503: %d open, MAX_CONNECTIONS is %d",
+                    open_count,
+                    config.max_connections,
+                )
+            return ServiceUnavailable("Service Unavailable: too many connections"), None
+        limit = config.max_connections_per_address
+        if limit is None:
+            return None, None
+        host = _host(address)
+        if in_networks(host, self._quota_exempt):
+            return None, None
+        key = address_key(host)
+        if self.quotas.claim(key, limit):
+            return None, key
+        self.violations.log(
+            "quota",
+            key,
+            "refusing %s with 429: %s already holds %d connection(s) (MAX_CONNECTIONS_PER_ADDRESS)",
+            _format_address(address),
+            key,
+            limit,
+        )
+        return TooManyRequests("Too Many Requests: too many connections from this address"), None
 
     def _pause_accepting(self, exc: OSError) -> None:
         if not self._emfile_logged:
@@ -467,3 +522,66 @@ class Server:
         """A handshake went to the application: one disconnect() is now due."""
         with self._all_disconnected:
             self._pending_disconnects += 1
+
+    def handshake_cancelled(self) -> None:
+        """A handshake queued for the application was refused before a worker took it: no disconnect() due."""
+        with self._all_disconnected:
+            self._pending_disconnects -= 1
+            if self._pending_disconnects <= 0:
+                self._all_disconnected.notify_all()
+
+    # -------------------------------------------------------------- overload
+
+    @property
+    def overloaded(self) -> bool:
+        """Whether work has waited ``overload_delay`` seconds for a worker (new handshakes get 503)."""
+        delay = self.config.overload_delay
+        return delay is not None and self.pool.queue_delay() >= delay
+
+    def _overload_check_due(self) -> bool:
+        return self.config.overload_delay is not None and bool(self.pool.queued_count or self._overload_since)
+
+    def _check_overload(self, now: float) -> None:
+        """Shed load while overloaded (I/O thread, every ``overload_delay / 4`` at most 1 s).
+
+        Handshakes waiting that long for a worker get 503; connections whose
+        inbox is full get 1013. Logged when the overload starts, for every
+        sweep that refused or closed something, and when it ends.
+        """
+        if now < self._next_overload_check:
+            return
+        self._next_overload_check = now + self._overload_interval
+        waited = self.pool.queue_delay()
+        delay = self.config.overload_delay
+        if delay is None or waited < delay or self.shutting_down:
+            if self._overload_since:
+                logger.warning("no longer overloaded, after %.1fs", now - self._overload_since)
+                self._overload_since = 0.0
+            return
+        if not self._overload_since:
+            self._overload_since = now
+            logger.warning(
+                "overloaded: work has waited %.1fs for one of the %d workers (OVERLOAD_DELAY %gs); "
+                "new handshakes get 503 and connections with a full inbox are closed with 1013",
+                waited,
+                self.pool.size,
+                delay,
+            )
+        refused = 0
+        closed: list[str] = []
+        for conn in list(self._connections.values()):
+            done = conn.shed_for_overload(now)
+            if done is None:
+                continue
+            if done == "closed":
+                closed.append(_format_address(conn.remote_address))
+            else:
+                refused += 1
+            self._reconcile(conn)
+        if closed or refused:
+            logger.warning(
+                "overloaded: refused %d waiting handshake(s) with 503; closed %d connection(s) with 1013%s",
+                refused,
+                len(closed),
+                (": " + ", ".join(closed[:10]) + (", ..." if len(closed) > 10 else "")) if closed else "",
+            )

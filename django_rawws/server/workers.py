@@ -7,6 +7,7 @@ workers wait on a ``SimpleQueue`` (implemented in C, one futex per wake-up).
 
 from __future__ import annotations
 
+import collections
 import logging
 import queue
 import sys
@@ -41,6 +42,10 @@ class WorkerPool:
         self._started = [0.0] * size
         self._idle = threading.Condition(self._lock)
         self._pending = 0
+        # When each queued task was submitted, oldest first: the queue delay
+        # is how the server tells it is overloaded. A worker pops one entry
+        # per task it takes (deque appends and pops are atomic).
+        self._queued: collections.deque[float] = collections.deque()
 
     def start(self) -> None:
         for index in range(self.size):
@@ -51,7 +56,20 @@ class WorkerPool:
     def submit(self, task: Callable[[], None]) -> None:
         with self._lock:
             self._pending += 1
+            self._queued.append(time.monotonic())
         self._tasks.put(task)
+
+    def queue_delay(self) -> float:
+        """Seconds the oldest task still waiting for a worker has waited (0.0: none waits)."""
+        try:
+            return max(0.0, time.monotonic() - self._queued[0])
+        except IndexError:
+            return 0.0
+
+    @property
+    def queued_count(self) -> int:
+        """Tasks submitted and not yet taken by a worker."""
+        return len(self._queued)
 
     @property
     def busy_count(self) -> int:
@@ -100,6 +118,10 @@ class WorkerPool:
                 task = tasks.get()
                 if task is None:
                     return
+                try:
+                    self._queued.popleft()
+                except IndexError:  # pragma: no cover - one entry is appended per task
+                    pass
                 started[index] = time.monotonic()
                 try:
                     task()

@@ -48,7 +48,8 @@ def room(request: HttpRequest, slug: str) -> HttpResponse:
     config = {
         "room": room.slug,
         "user": request.user.get_username(),
-        # A path only: the page adds ws:// or wss:// and its own host (rawws.js, RawWS.url()).
+        # The template renders the absolute URL with {% ws_url %} (data-ws-url); this path is
+        # room.js's fallback on a page without it.
         "wsPath": reverse("room", kwargs={"slug": room.slug}, urlconf=settings.RAWWS["URLCONF"]),
         "lastId": history[-1].id if history else 0,
         "maxLength": MAX_MESSAGE_LENGTH,

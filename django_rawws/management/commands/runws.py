@@ -242,6 +242,9 @@ class Command(BaseCommand):
         self._signals: _SignalHandlers | None = None
         self.options: dict[str, Any] = {}
         self.ssl_context: ssl.SSLContext | None = None
+        #: The live-state socket for ``manage.py ws_status`` (see start_inspection).
+        self.inspection: Any = None
+        self.inspection_status = "off"
 
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("addrport", nargs="?", help="Optional port number, or ipaddr:port")
@@ -273,6 +276,15 @@ class Command(BaseCommand):
             help=(
                 "Serve WebSockets only, for a site whose HTTP goes to a WSGI server: a plain request "
                 "gets 426 on a WebSocket route and 404 elsewhere (the health path still answers)."
+            ),
+        )
+        parser.add_argument(
+            "--reuse-port",
+            action="store_true",
+            help=(
+                "Set SO_REUSEPORT on the listening socket (RAWWS['REUSE_PORT']): several runws processes "
+                "share one port and the kernel spreads connections among them. Groups then need a shared "
+                "backend (Redis)."
             ),
         )
         parser.add_argument(
@@ -344,6 +356,8 @@ class Command(BaseCommand):
     def get_server_config(self) -> ServerConfig:
         from django_rawws.conf import server_config
 
+        if self.options.get("reuse_port"):
+            return server_config(reuse_port=True)
         return server_config()
 
     def get_group_backend(self) -> Any:
@@ -484,7 +498,7 @@ class Command(BaseCommand):
         self.open_files = raise_open_files_limit()
         config = self.get_server_config()
         application = self.get_application()
-        backend = self.get_group_backend()
+        backend = self.connect_group_backend()
         try:
             host = _resolve(self.addr, self.use_ipv6, self._raw_ipv6)
             with self._server_lock:
@@ -499,7 +513,98 @@ class Command(BaseCommand):
             with self._server_lock:
                 self.server = None
             self._exit_with_error(exc)
+        self.start_inspection(server)
         self.on_bind(server)
+
+    def connect_group_backend(self) -> Any:
+        """The group backend, checked reachable: a clear error at start beats failed pushes later.
+
+        Raises:
+            CommandError: the backend can't be built (bad path or options) or
+                can't be reached (a Redis URL nobody answers).
+        """
+        from django.core.exceptions import ImproperlyConfigured
+
+        from django_rawws.exceptions import GroupBackendUnavailable
+
+        try:
+            backend = self.get_group_backend()
+        except ImproperlyConfigured as exc:
+            raise CommandError(f"The group backend can't be set up: {exc}") from exc
+        check = getattr(backend, "check_available", None)
+        if callable(check):
+            try:
+                check()
+            except (GroupBackendUnavailable, OSError) as exc:
+                name = f"{type(backend).__module__}.{type(backend).__qualname__}"
+                # Not the options themselves: a Redis URL may hold a password.
+                raise CommandError(
+                    f"The group backend {name} is unreachable: {exc}. Start it, or fix "
+                    "RAWWS['GROUP_OPTIONS']; runws does not start without it, since every push would fail."
+                ) from exc
+        return backend
+
+    def start_inspection(self, server: Server) -> None:
+        """Open the live-state socket of ``RAWWS["INSPECT_SOCKET"]`` (read by ``manage.py ws_status``).
+
+        A failure is reported in the banner, not raised: the server works without it.
+        """
+        from django_rawws.conf import get_config
+        from django_rawws.inspection import InspectionServer, expand_socket_path, remove_stale_sockets
+
+        template = get_config()["INSPECT_SOCKET"]
+        if not template:
+            self.inspection_status = "off (RAWWS['INSPECT_SOCKET'] is None)"
+            return
+        port = server.address[1]
+        tls = self.ssl_context is not None
+        info = {
+            "url": f"{'wss' if tls else self.protocol}://{self._display_host()}:{port}/",
+            "settings": settings.SETTINGS_MODULE,
+        }
+        try:
+            path = expand_socket_path(template, port=port)
+            remove_stale_sockets(template)
+            inspection = InspectionServer(server, path, backend=lambda: self.backend, info=info).start()
+        except (OSError, ValueError, KeyError, IndexError) as exc:
+            self.inspection_status = f"unavailable ({exc})"
+            logger.warning("live-state socket %r not opened: %s", template, exc)
+            return
+        with self._server_lock:
+            closing = self._closing
+            if not closing:
+                self.inspection = inspection
+        if closing:  # a shutdown began meanwhile (reloader thread): it could not see this one
+            inspection.stop()
+            return
+        self.inspection_status = f"{path} (manage.py ws_status)"
+
+    def unsafe_settings_warnings(self, server: Server) -> list[str]:
+        """What in this setup should not face the internet, one sentence each."""
+        from django_rawws.conf import get_config
+
+        host = str(server.address[0])
+        public = not _is_loopback(host)
+        warnings = []
+        if settings.DEBUG and public:
+            warnings.append(
+                f"DEBUG is on and the server listens on {host}, reachable from other machines: "
+                "DEBUG answers show settings, stack frames and the list of WebSocket routes. "
+                "Listen on 127.0.0.1, or set DEBUG = False."
+            )
+        if not get_config()["CHECK_ORIGIN"]:
+            warnings.append(
+                "RAWWS['CHECK_ORIGIN'] is False: any web page your users visit can open a WebSocket "
+                "here with their cookies (cross-site WebSocket hijacking). Turn it back on and list "
+                "other origins in RAWWS['ALLOWED_ORIGINS']."
+            )
+        if self.options.get("use_reloader") and public:
+            warnings.append(
+                f"The autoreloader is on and the server listens on {host}: it is a development "
+                "server, restarted (clients closed with 1012) on every file change. Use --noreload "
+                "outside development."
+            )
+        return warnings
 
     def on_bind(self, server: Server) -> None:
         """Print the banner: where we listen, and what a reader checks first."""
@@ -542,6 +647,7 @@ class Command(BaseCommand):
             lines.append(f"  TLS certificate:    {self.options.get('certfile')}")
         if server.config.health_path:
             lines.append(f"  Health check:       {http_scheme}://{authority}{server.config.health_path}")
+        lines.append(f"  Live state:         {self.inspection_status}")
         lines.append(f"Quit the server with {quit_command}.")
         self.stdout.write("\n".join(lines))
         if serves_http and os.environ.get("DJANGO_RUNSERVER_HIDE_WARNING") != "true":
@@ -552,6 +658,8 @@ class Command(BaseCommand):
                     "for the WebSockets alone."
                 )
             )
+        for warning in self.unsafe_settings_warnings(server):
+            self.stdout.write(self.style.WARNING(f"WARNING: {warning}"))
         self.stdout.flush()
 
     def shutdown(self, close_code: int) -> int:
@@ -562,6 +670,9 @@ class Command(BaseCommand):
             self._closing = True
             server, self.server = self.server, None
             backend, self.backend = self.backend, None
+            inspection, self.inspection = self.inspection, None
+        if inspection is not None:
+            inspection.stop()
         if server is None:
             return 0
         grace = self.get_shutdown_grace()
@@ -600,6 +711,16 @@ class Command(BaseCommand):
         if threading.current_thread() is threading.main_thread():
             sys.exit(1)
         os._exit(1)  # sys.exit in the reloader's thread would end only that thread
+
+
+def _is_loopback(host: str) -> bool:
+    """Whether ``host`` (a bound address) is reachable from this machine only."""
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def _resolve(addr: str, use_ipv6: bool, raw_ipv6: bool) -> str:

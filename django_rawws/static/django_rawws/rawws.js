@@ -38,7 +38,10 @@
     connectTimeout: 10000, // ms a socket may stay CONNECTING before it is given up
     maxAttempts: Infinity, // failed attempts in a row before giving up ("closed")
     reconnectOnOnline: true, // retry at once when the browser says it is back online
+    resume: true, // unwrap resumable groups' envelopes; reconnect with ?last_id.<group>=<id>
     onMessage: null,
+    onGap: null, // function (group): messages of a resumable group were lost; reload its history
+    onPresence: null, // function (group, members, message): a group's presence list changed
     onState: null,
     onOpen: null,
     onClose: null,
@@ -139,6 +142,10 @@
     this.socket = null;
     /** The close event that ended the last connection, or null. */
     this.lastClose = null;
+    /** The last message id seen per resumable group: sent back at each reconnect. */
+    this.lastIds = {};
+    /** Who is in each presence group, by connection id: {group: {conn: entry}}. */
+    this.presence = {};
 
     this._everOpened = false;
     this._retryTimer = null;
@@ -157,6 +164,8 @@
   RawWS.shouldReconnect = shouldReconnect;
   RawWS.backoffCeiling = backoffCeiling;
   RawWS.url = url;
+  RawWS.isEnvelope = isEnvelope;
+  RawWS.withLastIds = withLastIds;
 
   /** Send `data` (JSON-encoded unless options.json is false). True if it went out, false if not open. */
   RawWS.prototype.send = function (data) {
@@ -207,19 +216,100 @@
    * per group) will add its parameters here.
    */
   RawWS.prototype._attemptUrl = function () {
-    return typeof this.target === "function" ? this.target() : this.target;
+    var target = typeof this.target === "function" ? this.target() : this.target;
+    return this.options.resume ? withLastIds(target, this.lastIds) : target;
   };
 
   /**
-   * Every decoded message passes here before onMessage: the single place
-   * where an envelope (id, group, data) will be unwrapped and its id recorded
-   * by the resume support.
+   * Every decoded message passes here before onMessage. A resumable group's
+   * envelope {"id", "group", "data"} is unwrapped (onMessage gets `data`, and
+   * {id, group} as a third argument) and its id recorded for the next
+   * reconnect; the server's control messages "rawws.gap" and
+   * "rawws.presence" go to onGap and onPresence when given (to onMessage
+   * otherwise). See docs/groups.md.
    */
   RawWS.prototype._dispatch = function (data, event) {
-    if (this.options.onMessage) {
-      this.options.onMessage.call(this, data, event);
+    var onMessage = this.options.onMessage;
+    if (this.options.resume && this.options.json && isEnvelope(data)) {
+      this.lastIds[data.group] = data.id;
+      if (onMessage) {
+        onMessage.call(this, data.data, event, {id: data.id, group: data.group});
+      }
+      return;
+    }
+    if (this.options.json && data && typeof data === "object" && typeof data.group === "string") {
+      if (data.type === "rawws.gap" && this.options.onGap) {
+        this.options.onGap.call(this, data.group);
+        return;
+      }
+      if (data.type === "rawws.presence") {
+        var members = this._updatePresence(data);
+        if (this.options.onPresence) {
+          this.options.onPresence.call(this, data.group, members, data);
+          return;
+        }
+      }
+    }
+    if (onMessage) {
+      onMessage.call(this, data, event);
     }
   };
+
+  /** Apply a presence snapshot or change; return the group's members, sorted by connection id. */
+  RawWS.prototype._updatePresence = function (message) {
+    var group = message.group;
+    var members = this.presence[group] || {};
+    var i;
+    if (Array.isArray(message.members)) {
+      members = {};
+      for (i = 0; i < message.members.length; i++) {
+        members[message.members[i].conn] = message.members[i];
+      }
+    }
+    for (i = 0; Array.isArray(message.joined) && i < message.joined.length; i++) {
+      members[message.joined[i].conn] = message.joined[i];
+    }
+    for (i = 0; Array.isArray(message.left) && i < message.left.length; i++) {
+      delete members[message.left[i].conn];
+    }
+    this.presence[group] = members;
+    return Object.keys(members)
+      .sort()
+      .map(function (conn) {
+        return members[conn];
+      });
+  };
+
+  /** Exactly {"id": string, "group": string, "data": ...}: what a resumable group sends. */
+  function isEnvelope(data) {
+    if (!data || typeof data !== "object" || Array.isArray(data)) {
+      return false;
+    }
+    var keys = Object.keys(data);
+    return (
+      keys.length === 3 &&
+      typeof data.id === "string" &&
+      typeof data.group === "string" &&
+      Object.prototype.hasOwnProperty.call(data, "data")
+    );
+  }
+
+  /** `target` with a last_id.<group>=<id> query parameter per group (before any #fragment). */
+  function withLastIds(target, lastIds) {
+    var params = [];
+    for (var group in lastIds) {
+      if (Object.prototype.hasOwnProperty.call(lastIds, group)) {
+        params.push("last_id." + encodeURIComponent(group) + "=" + encodeURIComponent(lastIds[group]));
+      }
+    }
+    if (!params.length) {
+      return target;
+    }
+    var hash = target.indexOf("#");
+    var fragment = hash >= 0 ? target.slice(hash) : "";
+    var base = hash >= 0 ? target.slice(0, hash) : target;
+    return base + (base.indexOf("?") >= 0 ? "&" : "?") + params.join("&") + fragment;
+  }
 
   /** Retry at once, rather than at the end of the backoff, when the browser comes back online. */
   RawWS.prototype._listen = function () {

@@ -7,6 +7,10 @@
   "use strict";
 
   var config = JSON.parse(document.getElementById("chat-config").textContent);
+  // The server renders the room's absolute ws:// or wss:// URL ({% ws_url %}); a page
+  // without it falls back to a path on the page's own host.
+  var chat = document.getElementById("chat");
+  var wsUrl = (chat && chat.dataset.wsUrl) || RawWS.url(config.wsPath);
   var list = document.getElementById("messages");
   var stateLabel = document.getElementById("connection-state");
   var form = document.getElementById("composer");
@@ -102,7 +106,7 @@
   var socket = new RawWS(
     // Called before every attempt: a reconnect asks for what came after the last message shown.
     function () {
-      return RawWS.url(config.wsPath + "?after=" + lastId);
+      return wsUrl + "?after=" + lastId;
     },
     {
       onState: setState,
