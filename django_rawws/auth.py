@@ -331,8 +331,14 @@ def _rebind(consumer: Any, binding: SessionBinding, new_key: str) -> None:
 # -------------------------------------------------------------- notices
 
 
-def _notify(group: str, event: dict[str, Any], *, immediate: bool, what: str) -> None:
-    """Push a notice; log, never raise: logging out must work when the backend does not."""
+def _notify(
+    group: str, event: dict[str, Any], *, immediate: bool, what: str, secrets: tuple[str, ...] = ()
+) -> None:
+    """Push a notice; log, never raise: logging out must work when the backend does not.
+
+    ``secrets`` (session keys: bearer credentials) are blanked out of the
+    error logged, which may quote the group name.
+    """
     from .groups import get_backend, push
 
     try:
@@ -340,11 +346,15 @@ def _notify(group: str, event: dict[str, Any], *, immediate: bool, what: str) ->
         if not backend.cross_process and not backend.servers:
             return  # the in-memory backend of a process serving no WebSockets: nobody to tell
         push(group, event=event, immediate=immediate)
-    except Exception:
-        logger.exception(
-            "could not tell the WebSocket servers that %s; their sockets close at the next periodic "
+    except Exception as exc:  # noqa: BLE001 - reported; the logout itself must succeed
+        detail = f"{type(exc).__name__}: {exc}"
+        for secret in secrets:
+            detail = detail.replace(secret, "<session key>")
+        logger.error(
+            "could not tell the WebSocket servers that %s (%s); their sockets close at the next periodic "
             "re-check (RAWWS['SESSION_RECHECK_INTERVAL'])",
             what,
+            detail,
         )
 
 
@@ -359,7 +369,11 @@ def session_ended(session_key: str | None) -> None:
     from .groups import session_group
 
     _notify(
-        session_group(session_key), _signed(_END, session=session_key), immediate=True, what="a session ended"
+        session_group(session_key),
+        _signed(_END, session=session_key),
+        immediate=True,
+        what="a session ended",
+        secrets=(session_key,),
     )
 
 
@@ -374,6 +388,7 @@ def session_rekeyed(old_key: str | None, new_key: str | None) -> None:
         _signed(_REKEY, session=old_key, new=new_key),
         immediate=True,
         what="a session changed its key",
+        secrets=(old_key, new_key),
     )
 
 

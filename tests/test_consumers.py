@@ -17,6 +17,7 @@ from django.test import override_settings
 from websockets.exceptions import ConnectionClosedError, InvalidStatus
 from websockets.sync.client import connect
 
+from django_rawws.groups import session_group
 from django_rawws import consumers
 from django_rawws.consumers import JsonWebSocketConsumer, WebSocketConsumer, automatic_groups, handshake_error
 from django_rawws.exceptions import (
@@ -380,7 +381,7 @@ class TestAutomaticGroups:
         session[HASH_SESSION_KEY] = user.get_session_auth_hash()
         session.save()
         consumer = bound(Echo, headers=[("Cookie", f"sessionid={session.session_key}")])
-        assert automatic_groups(consumer) == ["conn:c1", f"session:{session.session_key}", f"user:{user.pk}"]
+        assert automatic_groups(consumer) == ["conn:c1", session_group(session.session_key), f"user:{user.pk}"]
         assert consumer.request.user == user  # the user verified for the group: no second query
 
     @override_settings(SESSION_ENGINE="django.contrib.sessions.backends.cache")
@@ -392,7 +393,7 @@ class TestAutomaticGroups:
         session[SESSION_KEY] = "42"  # no backend, no hash: get_user() would say anonymous
         session.save()
         consumer = bound(Echo, headers=[("Cookie", f"sessionid={session.session_key}")])
-        assert automatic_groups(consumer) == ["conn:c1", f"session:{session.session_key}"]
+        assert automatic_groups(consumer) == ["conn:c1", session_group(session.session_key)]
         assert consumer.request.user.is_authenticated is False
 
     @override_settings(SESSION_ENGINE="django.contrib.sessions.backends.cache")

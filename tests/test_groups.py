@@ -171,10 +171,12 @@ class TestGroupNames:
         uuid = "6f1c0c5e-3b4a-4d43-9d7e-1b2f5a6c7d8e"
         assert user_group(uuid) == f"user:{uuid}"
 
-    def test_automatic_session_group_is_session_and_the_key(self) -> None:
+    def test_automatic_session_group_names_a_digest_of_the_key_never_the_key(self) -> None:
         key = "k3j5x0l2m9q8w7e6r5t4y3u2i1o0p9a8"  # Django's alphabet and length
-        assert session_group(key) == f"session:{key}"
-        assert session_group(SimpleNamespace(session_key=key)) == f"session:{key}"
+        name = session_group(key)
+        assert name.startswith("session:") and key not in name
+        assert session_group(SimpleNamespace(session_key=key)) == name
+        assert session_group("another-key-entirely-0123456789ab") != name
 
     def test_automatic_groups_are_valid_names_even_for_keys_that_are_not(self) -> None:
         for name in (user_group("someone@example.com"), user_group("x" * 200), session_group("with space")):

@@ -16,6 +16,7 @@ from django.test import override_settings
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError
 from websockets.sync.client import connect
 
+from django_rawws.groups import session_group
 from django_rawws import handler
 from django_rawws.exceptions import Forbidden
 from django_rawws.handler import (
@@ -363,7 +364,7 @@ class TestSessionAuthOverSockets:
             assert json.loads(ws.recv(timeout=TIMEOUT)) == {"authenticated": True, "username": "ada"}
             ws.send("groups?")
             groups = json.loads(ws.recv(timeout=TIMEOUT))
-        assert f"session:{key}" in groups
+        assert session_group(key) in groups
         assert f"user:{user.pk}" in groups
 
     def test_without_a_session_the_user_is_anonymous(self):

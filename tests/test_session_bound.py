@@ -40,6 +40,7 @@ from django.views.decorators.csrf import csrf_exempt
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
+from django_rawws.groups import session_group
 from django_rawws import auth
 from django_rawws.auth import SESSION_ENDED
 from django_rawws.handler import DjangoApplication
@@ -207,7 +208,7 @@ class TestLogout:
             assert nobody["authenticated"] is False
             first.logout()
             assert close_code(tab1) == close_code(tab2) == SESSION_ENDED
-            assert f"session:{second_key}" in groups_of(other_session)
+            assert session_group(second_key) in groups_of(other_session)
             assert groups_of(anonymous)[0].startswith("conn:")
 
     def test_the_close_frame_says_why_and_disconnect_gets_4401(self) -> None:
@@ -255,7 +256,7 @@ class TestLogout:
         with running_server() as server, sockets() as stack:
             ws, who = open_socket(stack, server, session.session_key)
             assert who["authenticated"] is False
-            assert f"session:{session.session_key}" in groups_of(ws)
+            assert session_group(session.session_key) in groups_of(ws)
             client.get("/flush/")
             assert groups_of(ws)  # nothing authenticated, nothing to revoke
 
@@ -315,7 +316,7 @@ class TestPasswordChange:
             assert new_key != changer_key  # update_session_auth_hash() cycled the key
             assert close_code(theirs) == SESSION_ENDED
             groups = groups_of(mine)
-            assert f"session:{new_key}" in groups and f"session:{changer_key}" not in groups
+            assert session_group(new_key) in groups and session_group(changer_key) not in groups
             changer.logout()  # the socket followed the session: its logout still reaches it
             assert close_code(mine) == SESSION_ENDED
 
@@ -391,7 +392,7 @@ class TestFlushAndCycleKey:
             new_key = client.cookies["sessionid"].value
             assert new_key != key
             groups = groups_of(ws)
-            assert f"session:{new_key}" in groups and f"session:{key}" not in groups
+            assert session_group(new_key) in groups and session_group(key) not in groups
             client.logout()
             assert close_code(ws) == SESSION_ENDED
 
@@ -403,7 +404,7 @@ class TestFlushAndCycleKey:
                 ws, _ = open_socket(stack, server, cookie)
                 again = http_post(server, "/login/", {"username": "ada", "password": PASSWORD}, cookie=cookie)
                 assert again in (None, cookie)  # same user, same hash: login() keeps the session
-                assert f"session:{cookie}" in groups_of(ws)
+                assert session_group(cookie) in groups_of(ws)
 
     def test_logging_in_as_another_user_on_the_same_session_closes_the_socket(self) -> None:
         make_user()
@@ -533,7 +534,7 @@ class TestNotices:
             ws, _ = open_socket(stack, server, key)
             forged = {"type": auth.EVENT_TYPE, "action": "end", "session": key}
             push(f"user:{ada.pk}", event={**forged, "sig": "0" * 64})
-            push(f"session:{key}", event=forged)
+            push(session_group(key), event=forged)
             assert groups_of(ws)
         refusals = [m for m in auth_log.messages() if "without a valid signature" in m]
         assert len(refusals) == 2
@@ -547,24 +548,26 @@ class TestNotices:
             assert not auth.verify_event(event)
         assert not auth.verify_event({**event, "session": "another-session-key"})
 
-    def test_a_logout_when_the_backend_is_down_is_logged_and_still_logs_out(
+    def test_a_logout_when_the_backend_is_down_is_logged_without_the_key_and_still_logs_out(
         self, monkeypatch: pytest.MonkeyPatch, auth_log: AuthLog
     ) -> None:
+        from django.contrib.sessions.models import Session
+
         from django_rawws.exceptions import GroupBackendUnavailable
         from django_rawws.groups import get_backend
 
-        client, _ = logged_in(make_user())
+        client, key = logged_in(make_user())
         with running_server():
 
-            def down(*args: Any, **kwargs: Any) -> int:
-                raise GroupBackendUnavailable("Redis is down")
+            def down(group: str, *args: Any, **kwargs: Any) -> int:
+                raise GroupBackendUnavailable(f"Redis is down: cannot send to group {group!r}")
 
             monkeypatch.setattr(get_backend(), "send_event", down)
             client.logout()
-        assert "sessionid" not in client.cookies or not client.cookies["sessionid"].value
-        assert any(
-            "could not tell the WebSocket servers that a session ended" in m for m in auth_log.messages()
-        )
+        assert not Session.objects.filter(session_key=key).exists()
+        [message] = [m for m in auth_log.messages() if "could not tell the WebSocket servers" in m]
+        assert "a session ended (GroupBackendUnavailable: Redis is down" in message
+        assert key not in message  # a session key is a credential
 
 
 # ------------------------------------------------------- during a handshake
@@ -616,7 +619,7 @@ class TestHandshake:
         monkeypatch.setattr(auth, "session_user", reading_user)
         try:
             consumer.accept()
-            assert f"session:{key}" in seen["session read"]
+            assert session_group(key) in seen["session read"]
             assert f"user:{ada.pk}" in seen["user read"]
             assert consumer._session_binding.session_key == key
             assert consumer.user == ada  # the verified user, without a second query
@@ -761,4 +764,4 @@ class TestAcrossProcesses:
             )
             assert response.status_code == 302
             assert close_code(theirs) == SESSION_ENDED
-            assert f"session:{changer.cookies['sessionid'].value}" in groups_of(mine)
+            assert session_group(changer.cookies['sessionid'].value) in groups_of(mine)

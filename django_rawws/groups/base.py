@@ -126,11 +126,19 @@ def user_group(user: Any) -> str:
 
 
 def session_group(session: Any) -> str:
-    """The automatic group of one session: ``session:<key>`` (a session object or its key)."""
+    """The automatic group of one session (a session object or its key): ``session:<digest>``.
+
+    The name carries a keyed digest of the session key, never the key
+    itself: group names reach Redis channel names, logs and ``ws_status``,
+    and a session key is a credential.
+    """
     key = getattr(session, "session_key", session)
     if not key:
         raise ValueError("this session has no key yet (it was never saved)")
-    return _automatic("session", str(key))
+    from django.utils.crypto import salted_hmac
+
+    digest = salted_hmac("django_rawws.groups.session_group", str(key), algorithm="sha256").hexdigest()[:40]
+    return _automatic("session", digest)
 
 
 # ------------------------------------------------------- send arguments
