@@ -39,8 +39,8 @@ DEFAULTS: dict[str, Any] = {
     # Per-client limits (docs/hardening.md); None disables each
     "MAX_CONNECTIONS_PER_ADDRESS": 256,  # per client IP (IPv6: per /64); past it, 429
     "MAX_CONNECTIONS_PER_USER": 32,  # per logged-in user, in this process; past it, 429
-    "MESSAGE_RATE": 100.0,  # messages (and pings) a second per connection, on average; past it, 1008
-    "MESSAGE_BURST": 200,  # ... and at once
+    "MESSAGE_RATE": 1000.0,  # messages (and pings) a second per connection, on average; past it, 1008
+    "MESSAGE_BURST": 2000,  # ... and at once
     "OVERLOAD_DELAY": 5.0,  # seconds work may wait for a worker before load is shed (503, 1013)
     # Size limits
     "MAX_MESSAGE_SIZE": 1 << 20,

@@ -41,8 +41,8 @@ class ServerConfig:
     #: token bucket per connection; a ping or pong costs as much as a
     #: message, a fragment that does not end its message 1/128 of one);
     #: past it, 1008. ``None`` disables.
-    message_rate: float | None = 100.0
-    message_burst: int = 200
+    message_rate: float | None = 1000.0
+    message_burst: int = 2000
     #: Seconds work may wait for a worker before the server calls itself
     #: overloaded: new handshakes then get 503, and connections whose inbox
     #: is full are closed with 1013. ``None`` disables.

@@ -6,7 +6,7 @@ apply it to every accept and every read without a worker:
 * :class:`QuotaTable` counts connections per key (a client address, or
   ``user:<pk>`` claimed by the application) and refuses a claim past its
   limit; a connection gives its claims back when its socket closes.
-* :class:`TokenBucket` is the per-connection rate limit on frames received.
+* :class:`TokenBucket` is the per-connection rate limit on what a client sends.
 * :class:`ViolationLog` logs each kind of violation once per client per
   window, so a client that keeps breaking a limit costs one line a minute,
   not one per message or per attempt.
