@@ -4,8 +4,9 @@ Run from the repository root (``cd bench && npm ci`` once; the harness runs it
 itself when ``bench/node_modules`` is missing)::
 
     python bench/run.py [--quick] [--servers rawws,runws,runws-redis,websockets]
-                        [--scenarios echo-small,idle,fanout,fanout-redis]
-                        [--repeat N] [--quiet-wait SECONDS] [--extra-server NAME=COMMAND] [--profile]
+                        [--scenarios echo-small,idle,fanout,fanout-redis,soak]
+                        [--repeat N] [--quiet-wait SECONDS] [--duration SECONDS]
+                        [--extra-server NAME=COMMAND] [--profile]
 
 Every server runs as its own subprocess on a free port of 127.0.0.1, started
 fresh for each run (so memory and thread counts start from the same place),
@@ -26,6 +27,12 @@ open) are figures in the table and listed under it.
 two ``runws`` processes sharing groups through Redis (``RAWWS_BENCH_REDIS_URL``,
 default ``redis://127.0.0.1:6379/0``, keys under ``rawws-bench-<pid>``), one
 sender on the first, the receivers alternating between both.
+
+``soak`` runs only when ``--scenarios`` names it, on ours only, once by
+default: steady echo traffic plus connection churn for ``--duration`` seconds
+(180, ``--quick`` 30) while the server's VmRSS, threads and open fds are
+sampled every second; it reports their growth from the end of warm-up to the
+end and flags 5% or more.
 
 Outputs: a markdown table on stdout and everything, raw client reports
 included, in ``bench/results/<timestamp>.json`` (gitignored). ``--profile``
@@ -289,6 +296,10 @@ class ServerProcess:
             elif key == "Threads":
                 values["threads"] = int(value)
         return values
+
+    def open_fds(self) -> int:
+        """Open file descriptors: sockets, the listener, pipes, logs."""
+        return len(os.listdir(f"/proc/{self.pid}/fd"))
 
     def stop(self, timeout: float = 10.0) -> dict[str, Any]:
         """SIGTERM, then SIGKILL after ``timeout``; say which it took."""
@@ -582,6 +593,110 @@ def scenario_fanout_redis(ctx: RunContext) -> tuple[dict[str, Any], list[str], d
     return metrics, problems, {"ready": ready, "done": done, "second_stop": stop_second}
 
 
+#: Growth past warm-up the soak scenario accepts (issue 7: under 5%).
+SOAK_LIMIT_PCT = 5.0
+
+
+def _soak_sample(server: ServerProcess, t0: float) -> dict[str, Any]:
+    return {"t": round(time.monotonic() - t0, 2), **server.status(), "fds": server.open_fds()}
+
+
+def scenario_soak(ctx: RunContext) -> tuple[dict[str, Any], list[str], dict[str, Any]]:
+    """Steady echo traffic plus connection churn; /proc sampled every second.
+
+    Growth is end against the end of warm-up (the first ``warmup_frac`` of the
+    run), both taken under load, so what a leak adds shows and what merely
+    warms up (allocator arenas, worker threads, caches) does not.
+    """
+    p = ctx.params
+    cfg = {
+        "url": ctx.server.url + "/ws/echo/",
+        "connections": p["connections"],
+        "interval_ms": p["interval_ms"],
+        "churn_per_s": p["churn_per_s"],
+        "duration_s": p["duration_s"],
+        "size": p["size"],
+    }
+    client = ctx.client("soak.mjs", cfg)
+    samples: list[dict[str, Any]] = []
+    stop = threading.Event()
+
+    def sample(t0: float) -> None:
+        while not stop.is_set():
+            try:
+                samples.append(_soak_sample(ctx.server, t0))
+            except OSError:
+                return  # the server went away; the client will say so
+            stop.wait(p["sample_s"])
+
+    try:
+        ready = client.expect("ready", 60)
+        cpu0 = ctx.server.cpu_seconds()
+        t0 = time.monotonic()
+        sampler = threading.Thread(target=sample, args=(t0,), daemon=True)
+        client.go()
+        sampler.start()
+        done = client.expect("done", p["duration_s"] + 60)
+        stop.set()
+        sampler.join(5)
+        cpu1 = ctx.server.cpu_seconds()
+    finally:
+        stop.set()
+        client.close()
+    # Only samples taken while the traffic ran (not the churn drain after it).
+    under_load = [s for s in samples if s["t"] <= p["duration_s"]] or samples
+    warm_t = p["duration_s"] * p["warmup_frac"]
+    warm = next((s for s in under_load if s["t"] >= warm_t), under_load[-1])
+    end = under_load[-1]
+
+    def growth(key: str) -> float | None:
+        return 100.0 * (end[key] - warm[key]) / warm[key] if warm[key] else None
+
+    peak_rss = max(s["rss_kib"] for s in under_load)
+    metrics = {
+        "rss_growth_pct": growth("rss_kib"),
+        "threads_growth_pct": growth("threads"),
+        "fds_growth_pct": growth("fds"),
+        "rss_warm_mib": warm["rss_kib"] / 1024,
+        "rss_end_mib": end["rss_kib"] / 1024,
+        "rss_peak_mib": peak_rss / 1024,
+        "threads_warm": warm["threads"],
+        "threads_end": end["threads"],
+        "fds_warm": warm["fds"],
+        "fds_end": end["fds"],
+        "churned": done["churned"],
+        "echoed": done["echoed"],
+        "errors": done["failed"] + done["churn_failed"] + done["mismatched"] + done["steady_closed"],
+        "server_cores": (cpu1 - cpu0) / done["elapsed_s"],
+    }
+    problems = []
+    for key, sample_key, what in (
+        ("rss_growth_pct", "rss_kib", "RSS (KiB)"),
+        ("threads_growth_pct", "threads", "threads"),
+        ("fds_growth_pct", "fds", "open fds"),
+    ):
+        value = metrics[key]
+        if value is not None and value >= SOAK_LIMIT_PCT:
+            problems.append(
+                f"{what} grew {value:.1f}% after warm-up, over the {SOAK_LIMIT_PCT:.0f}% limit: "
+                f"{warm[sample_key]} -> {end[sample_key]}"
+            )
+    if ready["connected"] < p["connections"]:
+        missing = p["connections"] - ready["connected"]
+        problems.append(f"{missing} steady connections did not open: {ready['errors']}")
+    if done["steady_closed"]:
+        problems.append(f"{done['steady_closed']} steady connections closed by the server")
+    if done["churn_failed"]:
+        problems.append(f"{done['churn_failed']} churn connections failed: {done['churn_errors']}")
+    if done["mismatched"]:
+        problems.append(f"{done['mismatched']} echoes differ from what was sent")
+    if done["churn_skipped"]:
+        problems.append(
+            f"{done['churn_skipped']} churn slots skipped (too many in flight: the server lagged)"
+        )
+    return metrics, problems, {"ready": ready, "done": done, "warm": warm, "end": end, "samples": samples}
+
+
 @dataclass(frozen=True)
 class Scenario:
     name: str
@@ -593,6 +708,8 @@ class Scenario:
     repeat: int = 3
     #: When set, the only servers this scenario runs on.
     servers: tuple[str, ...] | None = None
+    #: False for a long scenario that runs only when ``--scenarios`` names it.
+    by_default: bool = True
 
     def applies_to(self, spec: ServerSpec) -> bool:
         if self.servers is not None:
@@ -676,6 +793,42 @@ SCENARIOS = [
         quick={"messages": 40},
         servers=("runws-redis",),
     ),
+    Scenario(
+        "soak",
+        "soak: {connections} connections echoing every {interval_ms} ms plus {churn_per_s} connections/s "
+        "churned, for {duration_s} s; growth from the end of warm-up (first {warmup_frac:.0%}) to the end",
+        scenario_soak,
+        [
+            Metric("rss_growth_pct", "RSS growth (%)", "{:+.1f}", "lower"),
+            Metric("threads_growth_pct", "threads growth (%)", "{:+.1f}", "lower"),
+            Metric("fds_growth_pct", "open fds growth (%)", "{:+.1f}", "lower"),
+            Metric("rss_warm_mib", "RSS after warm-up (MiB)", "{:.1f}"),
+            Metric("rss_end_mib", "RSS at the end (MiB)", "{:.1f}"),
+            Metric("rss_peak_mib", "RSS peak (MiB)", "{:.1f}"),
+            Metric("threads_warm", "threads after warm-up"),
+            Metric("threads_end", "threads at the end"),
+            Metric("fds_warm", "open fds after warm-up"),
+            Metric("fds_end", "open fds at the end"),
+            Metric("churned", "connections churned", better="higher"),
+            Metric("echoed", "messages echoed", better="higher"),
+            Metric("errors", "errors", better="lower"),
+            Metric("server_cores", "server CPU (cores)", "{:.2f}"),
+        ],
+        {
+            "connections": 200,
+            "interval_ms": 100,
+            "churn_per_s": 20,
+            "duration_s": 180,
+            "warmup_frac": 0.2,
+            "sample_s": 1.0,
+            "size": 32,
+        },
+        quick={"duration_s": 30},
+        repeat=1,
+        # Ours only: the question is whether our server leaks, not a comparison.
+        servers=("rawws", "runws"),
+        by_default=False,
+    ),
 ]
 
 
@@ -722,7 +875,11 @@ def summarize(runs: list[dict[str, Any]], specs: list[ServerSpec]) -> dict[str, 
 
 
 def markdown(
-    summary: dict[str, Any], runs: list[dict[str, Any]], specs: list[ServerSpec], quick: bool
+    summary: dict[str, Any],
+    runs: list[dict[str, Any]],
+    specs: list[ServerSpec],
+    quick: bool,
+    settings_by_name: dict[str, dict[str, Any]] | None = None,
 ) -> str:
     lines = []
     names = {spec.name: spec for spec in specs}
@@ -730,7 +887,7 @@ def markdown(
         per_server = summary.get(scenario.name)
         if not per_server:
             continue
-        settings = scenario.settings(quick)
+        settings = (settings_by_name or {}).get(scenario.name) or scenario.settings(quick)
         shown = [name for name in names if name in per_server]
         ours = [name for name in shown if names[name].ours and REFERENCE in per_server]
         reps = max(per_server[name]["runs"] for name in shown)
@@ -982,6 +1139,12 @@ def main() -> None:
         help="before each run, wait up to this long for other processes to use under 0.25 core",
     )
     parser.add_argument(
+        "--duration",
+        type=float,
+        metavar="SECONDS",
+        help="length of the soak scenario (default 180, --quick 30)",
+    )
+    parser.add_argument(
         "--profile", action="store_true", help="profile echo-small on our servers with py-spy instead"
     )
     parser.add_argument(
@@ -1039,11 +1202,18 @@ def main() -> None:
             f"warning: the 1-minute load average is {load:.2f}: other processes will skew the figures",
             file=sys.stderr,
         )
-    scenarios = [s for s in SCENARIOS if wanted_scenarios is None or s.name in wanted_scenarios]
+    scenarios = [s for s in SCENARIOS if (s.name in wanted_scenarios if wanted_scenarios else s.by_default)]
+
+    def settings_of(scenario: Scenario) -> dict[str, Any]:
+        settings = scenario.settings(args.quick)
+        if args.duration and "duration_s" in settings:
+            settings["duration_s"] = args.duration
+        return settings
+
     runs = []
     started = time.monotonic()
     for scenario in scenarios:
-        settings = scenario.settings(args.quick)
+        settings = settings_of(scenario)
         repeat = args.repeat or (1 if args.quick else scenario.repeat)
         for rep in range(repeat):
             # Rotate the order each repetition so no server always goes first.
@@ -1062,7 +1232,7 @@ def main() -> None:
                 runs.append(record)
 
     summary = summarize(runs, specs)
-    table = markdown(summary, runs, specs, args.quick)
+    table = markdown(summary, runs, specs, args.quick, {s.name: settings_of(s) for s in scenarios})
     env = environment(python)
     command = "python bench/run.py " + " ".join(sys.argv[1:])
     output = args.output or RESULTS / f"{stamp}.json"
@@ -1077,7 +1247,7 @@ def main() -> None:
                     s.name: {"label": s.label, "ours": s.ours, "command": s.command(python, 0)} for s in specs
                 },
                 "skipped_servers": skipped,
-                "scenarios": {s.name: s.settings(args.quick) for s in scenarios},
+                "scenarios": {s.name: settings_of(s) for s in scenarios},
                 "summary": summary,
                 "runs": runs,
                 "markdown": table,

@@ -288,6 +288,13 @@ class ChatPage:
         """(author, text, mine) of each message shown."""
         return [(i["author"], i["text"], i["mine"]) for i in self.items() if i["kind"] == "message"]
 
+    def online(self) -> list[str]:
+        """The names in the room's online list, in page order."""
+        names: list[str] = self.driver.execute_script(
+            "return Array.from(document.querySelectorAll('#online > li'), (li) => li.textContent);"
+        )
+        return names
+
     def notices(self) -> list[str]:
         return [i["text"] for i in self.items() if i["kind"] == "notice"]
 
@@ -352,11 +359,15 @@ def test_two_members_see_each_others_messages_live_and_a_member_of_another_room_
     alice: ChatPage, bob: ChatPage, carol: ChatPage, tmp_path: Path
 ) -> None:
     carol.open_room("random")
+    carol.wait_for(lambda: carol.online() == ["carol"], "carol alone in Random's online list")
     alice.open_room("lobby")
     assert alice.state() == ("connected", "state state-open")
     assert alice.messages() == []  # a fresh database
+    alice.wait_for(lambda: alice.online() == ["alice"], "alice alone in the lobby's online list")
     bob.open_room("lobby")
     alice.wait_for(lambda: alice.notices() == ["bob joined"], "alice told that bob joined")
+    alice.wait_for(lambda: alice.online() == ["alice", "bob"], "alice sees bob online")
+    bob.wait_for(lambda: bob.online() == ["alice", "bob"], "bob sees alice online")
 
     pages = {"alice": alice, "bob": bob}
     for author, text in EXCHANGE:
@@ -376,6 +387,7 @@ def test_two_members_see_each_others_messages_live_and_a_member_of_another_room_
         ("message", "carol", "Anyone in Random?")
     ]
     assert alice.messages()[-1] == ("bob", EXCHANGE[-1][1], False)  # and nothing of carol's in the lobby
+    assert carol.online() == ["carol"]  # nor anyone of the lobby in Random's list
 
     shot = tmp_path / "chat.png"
     alice.screenshot(shot)
@@ -404,6 +416,70 @@ def test_a_reload_shows_the_history_from_the_database_in_order_and_once(
     alice.say("four")
     alice.wait_for_message("alice", "four", mine=True)
     assert alice.messages() == [*history, ("alice", "four", True)]
+
+
+# Installed in the page before its scripts run: records the page's WebSockets, and
+# while window.heldBack is true sends new attempts to a closed port (they fail,
+# and RawWS retries), so a test can keep the page away while the server runs.
+HOLD_BACK_WEBSOCKETS = """
+(function () {
+  var Native = window.WebSocket;
+  window.pageSockets = [];
+  window.heldBack = false;
+  function Recorded(url, protocols) {
+    var socket = new Native(window.heldBack ? "ws://127.0.0.1:9/" : url, protocols);
+    window.pageSockets.push(socket);
+    return socket;
+  }
+  Recorded.prototype = Native.prototype;
+  ["CONNECTING", "OPEN", "CLOSING", "CLOSED"].forEach(function (name) { Recorded[name] = Native[name]; });
+  window.WebSocket = Recorded;
+})();
+"""
+
+
+def test_a_page_away_while_the_server_runs_gets_what_it_missed_once_and_in_order(
+    alice: ChatPage, bob: ChatPage
+) -> None:
+    """No restart: the page resumes the room group from its last id (and ?after=) when it is back."""
+    script = alice.driver.execute_cdp_cmd(
+        "Page.addScriptToEvaluateOnNewDocument", {"source": HOLD_BACK_WEBSOCKETS}
+    )
+    try:
+        slug = alice.create_room("Tunnel")
+    finally:
+        alice.driver.execute_cdp_cmd(
+            "Page.removeScriptToEvaluateOnNewDocument", {"identifier": script["identifier"]}
+        )
+    bob.open_room(slug)
+    alice.say("Entering a tunnel.")
+    for page in (alice, bob):
+        page.wait_for_message("alice", "Entering a tunnel.", mine=page is alice)
+
+    # The connection drops (a close code RawWS retries) and the retries fail until released.
+    alice.driver.execute_script(
+        "window.heldBack = true; window.pageSockets[window.pageSockets.length - 1].close(4500);"
+    )
+    alice.wait_until_reconnecting()
+    bob.say("Missed one.")
+    bob.say("Missed two.")
+    bob.wait_for_message("bob", "Missed two.", mine=True)
+    assert alice.messages() == [("alice", "Entering a tunnel.", True)]
+    # Back: "online" makes RawWS retry at once rather than at the end of its backoff.
+    alice.driver.execute_script("window.heldBack = false; window.dispatchEvent(new Event('online'));")
+    alice.wait_until_connected(RECONNECT_TIMEOUT)
+    alice.wait_for_message("bob", "Missed two.", mine=False)
+    resumed_url = alice.driver.execute_script("return window.pageSockets[window.pageSockets.length - 1].url;")
+    assert f"last_id.room.{slug}=" in resumed_url and "after=" in resumed_url, resumed_url
+    expected = [
+        ("alice", "Entering a tunnel.", True),
+        ("bob", "Missed one.", False),
+        ("bob", "Missed two.", False),
+    ]
+    assert alice.messages() == expected
+    bob.say("Welcome back.")
+    alice.wait_for_message("bob", "Welcome back.", mine=False)
+    assert alice.messages() == [*expected, ("bob", "Welcome back.", False)]
 
 
 def test_the_page_reconnects_by_itself_after_a_server_restart_and_shows_what_it_missed(

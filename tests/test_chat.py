@@ -205,10 +205,28 @@ def room_path(slug: str, after: int | None = None) -> str:
     return f"/ws/rooms/{slug}/" + (f"?after={after}" if after is not None else "")
 
 
+def is_envelope(message: dict[str, Any]) -> bool:
+    """A resumable group's message: exactly ``{"id", "group", "data"}`` (docs/groups.md)."""
+    return set(message) == {"id", "group", "data"}
+
+
+def receive(ws: WebSocketTestClient) -> dict[str, Any]:
+    """The next message of the chat itself, unwrapped from its envelope, past the
+    group backend's presence messages (``rawws.presence``: the presence test reads those)."""
+    while True:
+        message: dict[str, Any] = ws.receive_json()
+        if is_envelope(message):
+            assert isinstance(message["id"], str) and message["group"].startswith("room."), message
+            data: dict[str, Any] = message["data"]
+            return data
+        if message["type"] != "rawws.presence":
+            return message
+
+
 def join(browser: Browser, slug: str, after: int | None = None) -> tuple[WebSocketTestClient, dict[str, Any]]:
     """Open the room's WebSocket; return it and the history message it starts with."""
     ws = browser.ws(room_path(slug, after))
-    history = ws.receive_json()
+    history = receive(ws)
     assert history["type"] == "history", history
     return ws, history
 
@@ -218,10 +236,11 @@ def say(ws: WebSocketTestClient, text: str) -> None:
 
 
 def next_message(ws: WebSocketTestClient) -> dict[str, Any]:
-    """The next chat message, past join and leave notices (a connection closed just
-    before may announce its leave a moment later; the notice test checks them)."""
+    """The next chat message, past join and leave notices and presence changes (a
+    connection closed just before may announce its leave a moment later; the
+    notice and presence tests check them)."""
     while True:
-        message: dict[str, Any] = ws.receive_json()
+        message = receive(ws)
         if message["type"] not in ("join", "leave"):
             assert message["type"] == "message", message
             return message
@@ -286,6 +305,7 @@ def test_room_page_loads_the_client_and_its_websocket_path(alice: Browser) -> No
     config = json.loads(match.group(1))
     assert config["wsPath"] == "/ws/rooms/lobby/"
     assert (config["room"], config["user"]) == ("lobby", "alice")
+    assert config["userId"] == _user_id(alice.site, "alice")  # what room.js compares author_id with
 
 
 def test_static_files_of_the_page_are_found_by_staticfiles(site: Site) -> None:
@@ -367,7 +387,7 @@ def test_handshake_after_logout_is_refused_with_403(site: Site) -> None:
     browser.login("carol")
     cookies = dict(browser.cookies)
     with browser.ws(room_path("lobby")) as ws:
-        assert ws.receive_json()["type"] == "history"
+        assert receive(ws)["type"] == "history"
     page = browser.get("/")
     token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text)
     assert token
@@ -387,20 +407,24 @@ def test_two_members_of_a_room_exchange_messages_both_ways(alice: Browser, bob: 
     with a:
         b, _ = join(bob, room)
         with b:
-            assert a.receive_json() == {"type": "join", "user": "bob"}
+            assert receive(a) == {"type": "join", "user": "bob"}
             say(a, "hello bob")
             from_alice = next_message(a)
-            assert next_message(b) == {**from_alice, "mine": False}
-            assert (from_alice["author"], from_alice["text"], from_alice["mine"]) == (
+            assert next_message(b) == from_alice  # the same for every member: each page tells its own
+            assert (from_alice["author"], from_alice["text"], from_alice["author_id"]) == (
                 "alice",
                 "hello bob",
-                True,
+                _user_id(alice.site, "alice"),
             )
             assert from_alice["room"] == room
             say(b, "hi alice")
             from_bob = next_message(b)
-            assert next_message(a) == {**from_bob, "mine": False}
-            assert (from_bob["author"], from_bob["text"], from_bob["mine"]) == ("bob", "hi alice", True)
+            assert next_message(a) == from_bob
+            assert (from_bob["author"], from_bob["text"], from_bob["author_id"]) == (
+                "bob",
+                "hi alice",
+                _user_id(bob.site, "bob"),
+            )
             assert from_bob["id"] > from_alice["id"]
             assert a.receive_nothing() and b.receive_nothing()
 
@@ -414,7 +438,7 @@ def test_a_member_of_another_room_receives_nothing(
         a, _ = join(alice, room)
         b, _ = join(bob, room)
         with a, b:
-            assert a.receive_json() == {"type": "join", "user": "bob"}
+            assert receive(a) == {"type": "join", "user": "bob"}
             say(a, "only for this room")
             next_message(a)
             next_message(b)
@@ -436,11 +460,76 @@ def test_others_see_join_and_leave_notices_and_the_member_itself_does_not(
     a, _ = join(alice, room)
     with a:
         b, _ = join(bob, room)
-        assert a.receive_json() == {"type": "join", "user": "bob"}
+        assert receive(a) == {"type": "join", "user": "bob"}
         assert b.close() == 1000
-        assert a.receive_json() == {"type": "leave", "user": "bob"}
+        assert receive(a) == {"type": "leave", "user": "bob"}
         assert b.receive_nothing(timeout=0)
         assert a.receive_nothing()
+
+
+def read_presence(ws: WebSocketTestClient, members: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Read up to the next ``rawws.presence`` message and apply it to ``members``
+    (by connection id, as docs/groups.md says a client keeps them); return it."""
+    while True:
+        message: dict[str, Any] = ws.receive_json()
+        if message["type"] == "rawws.presence":
+            break
+    if "members" in message:
+        members.clear()
+        members.update((entry["conn"], entry) for entry in message["members"])
+    for entry in message.get("joined", []):
+        members[entry["conn"]] = entry
+    for entry in message.get("left", []):
+        members.pop(entry["conn"], None)
+    return message
+
+
+def online(members: dict[str, dict[str, Any]]) -> list[str]:
+    """The names online, once each (a user with two tabs has two entries)."""
+    return sorted({entry["name"] for entry in members.values()})
+
+
+def _user_id(site: Site, username: str) -> int:
+    rows = site.db_rows("SELECT id FROM auth_user WHERE username = ?", username)
+    assert len(rows) == 1, username
+    return int(rows[0][0])
+
+
+def test_members_see_who_is_online_in_their_room_and_a_member_who_leaves_disappears(
+    alice: Browser, bob: Browser, carol: Browser, room: str
+) -> None:
+    elsewhere = carol.create_room(f"Elsewhere {uuid.uuid4().hex[:12]}")
+    seen_by_alice: dict[str, dict[str, Any]] = {}
+    seen_by_bob: dict[str, dict[str, Any]] = {}
+    seen_by_carol: dict[str, dict[str, Any]] = {}
+    with alice.ws(room_path(room)) as a:
+        snapshot = read_presence(a, seen_by_alice)
+        assert snapshot["group"] == f"room.{room}"
+        assert [(entry["user"], entry["name"]) for entry in snapshot["members"]] == [
+            (_user_id(alice.site, "alice"), "alice")
+        ]
+        with carol.ws(room_path(elsewhere)) as c:
+            read_presence(c, seen_by_carol)
+            assert online(seen_by_carol) == ["carol"]
+            assert receive(c)["type"] == "history"  # after the snapshot: the list shows as the page loads
+            with bob.ws(room_path(room)) as b, bob.ws(room_path(room)) as b2:  # bob in two tabs
+                read_presence(b, seen_by_bob)
+                assert online(seen_by_bob) == ["alice", "bob"]
+                for _ in range(2):
+                    joined = read_presence(a, seen_by_alice)
+                    assert [entry["name"] for entry in joined["joined"]] == ["bob"]
+                assert len(seen_by_alice) == 3
+                assert online(seen_by_alice) == ["alice", "bob"]
+                assert b2.close() == 1000
+                left = read_presence(a, seen_by_alice)
+                assert [entry["name"] for entry in left["left"]] == ["bob"]
+                assert online(seen_by_alice) == ["alice", "bob"]  # his other tab is still open
+            left = read_presence(a, seen_by_alice)
+            assert [entry["name"] for entry in left["left"]] == ["bob"]
+            assert online(seen_by_alice) == ["alice"]
+            # Nothing of this room's presence reached the other room.
+            assert c.receive_nothing(timeout=0.2)
+            assert online(seen_by_carol) == ["carol"]
 
 
 def test_messages_are_saved_with_author_room_and_time(alice: Browser, room: str) -> None:
@@ -464,7 +553,7 @@ def test_invalid_messages_get_an_error_and_nothing_is_saved(alice: Browser, bob:
     a, _ = join(alice, room)
     b, _ = join(bob, room)
     with a, b:
-        assert a.receive_json() == {"type": "join", "user": "bob"}
+        assert receive(a) == {"type": "join", "user": "bob"}
         for content in (
             {"type": "message", "text": "   \n\t "},
             {"type": "message", "text": "x" * 2001},
@@ -474,7 +563,7 @@ def test_invalid_messages_get_an_error_and_nothing_is_saved(alice: Browser, bob:
             ["message", "hi"],
         ):
             a.send_json(content)
-            reply = a.receive_json()
+            reply = receive(a)
             assert reply["type"] == "error", (content, reply)
         assert "at most 2000 characters" in _error_for(a, {"type": "message", "text": "y" * 2001})
         say(a, "z" * 2000)  # the limit itself is fine
@@ -488,7 +577,7 @@ def test_invalid_messages_get_an_error_and_nothing_is_saved(alice: Browser, bob:
 
 def _error_for(ws: WebSocketTestClient, content: Any) -> str:
     ws.send_json(content)
-    reply = ws.receive_json()
+    reply = receive(ws)
     assert reply["type"] == "error", reply
     error: str = reply["error"]
     return error
@@ -541,7 +630,7 @@ def test_reloading_the_room_page_shows_the_history_in_order(alice: Browser, bob:
     b, _ = join(bob, room)
     ids = []
     with a, b:
-        assert a.receive_json() == {"type": "join", "user": "bob"}
+        assert receive(a) == {"type": "join", "user": "bob"}
         for ws, text in ((a, "one"), (b, "two"), (a, "three")):
             say(ws, text)
             ids.append(next_message(a)["id"])
@@ -579,12 +668,81 @@ def test_a_websocket_reconnecting_after_its_last_id_gets_exactly_what_it_missed(
     with a:
         assert history == {
             "type": "history",
-            "messages": [{**message, "mine": False} for message in missed],
+            "messages": missed,
             "truncated": False,
         }
         # And live again.
         say(a, "back")
         assert next_message(a)["text"] == "back"
+
+
+def next_envelope(ws: WebSocketTestClient) -> dict[str, Any]:
+    """The next message of the resumable room group, in its envelope, past everything else."""
+    while True:
+        message: dict[str, Any] = ws.receive_json()
+        if is_envelope(message):
+            return message
+
+
+def _stream_id(envelope: dict[str, Any]) -> tuple[int, int]:
+    milliseconds, sequence = envelope["id"].split("-")
+    return int(milliseconds), int(sequence)
+
+
+def test_live_messages_come_in_the_room_groups_envelope_with_increasing_ids(
+    alice: Browser, room: str
+) -> None:
+    a, _ = join(alice, room)
+    with a:
+        say(a, "one")
+        say(a, "two")
+        first, second = next_envelope(a), next_envelope(a)
+    assert (first["group"], first["data"]["text"]) == (f"room.{room}", "one")
+    assert (second["group"], second["data"]["text"]) == (f"room.{room}", "two")
+    assert _stream_id(first) < _stream_id(second)
+    assert second["data"]["id"] > first["data"]["id"]
+
+
+def test_a_websocket_resuming_from_its_last_stream_id_gets_the_missed_messages_once_in_order(
+    alice: Browser, bob: Browser, room: str
+) -> None:
+    """What the shipped client does after a reconnect: ``last_id.<group>``, served from the window first."""
+    a, _ = join(alice, room)
+    with a:
+        say(a, "before")
+        last = next_envelope(a)
+    b, _ = join(bob, room)
+    with b:
+        for text in ("while away 1", "while away 2"):
+            say(b, text)
+        missed = [next_envelope(b), next_envelope(b)]
+        ws = alice.ws(f"{room_path(room, after=last['data']['id'])}&last_id.room.{room}={last['id']}")
+        with ws:
+            caught_up = [next_envelope(ws), next_envelope(ws)]
+            assert caught_up == missed
+            # Then the consumer's catch-up from the database: the same two (the page shows each once, by id).
+            assert texts(receive(ws)) == ["while away 1", "while away 2"]
+            say(b, "live again")
+            live = next_envelope(ws)
+            assert live["data"]["text"] == "live again"
+            assert _stream_id(live) > _stream_id(missed[-1])
+            assert ws.receive_nothing(timeout=0.2)
+
+
+def test_a_history_request_sends_what_came_after_an_id_as_after_a_gap(alice: Browser, room: str) -> None:
+    a, _ = join(alice, room)
+    with a:
+        ids = []
+        for text in ("one", "two", "three"):
+            say(a, text)
+            ids.append(next_message(a)["id"])
+        a.send_json({"type": "history", "after": ids[0]})
+        history = receive(a)
+        assert (history["type"], history["truncated"]) == ("history", False)
+        assert [(m["id"], m["text"]) for m in history["messages"]] == [(ids[1], "two"), (ids[2], "three")]
+        # Without a valid id: the latest history, as at a first connect.
+        a.send_json({"type": "history", "after": "1"})
+        assert texts(receive(a)) == ["one", "two", "three"]
 
 
 def test_a_websocket_without_a_resume_point_gets_the_latest_history(
@@ -598,7 +756,7 @@ def test_a_websocket_without_a_resume_point_gets_the_latest_history(
     a, history = join(alice, room)
     with a:
         assert texts(history) == ["first", "second"]
-        assert [message["mine"] for message in history["messages"]] == [False, False]
+        assert [message["author_id"] for message in history["messages"]] == [_user_id(bob.site, "bob")] * 2
         assert history["truncated"] is False
 
 
@@ -629,5 +787,5 @@ def test_a_malformed_resume_point_is_ignored(alice: Browser, room: str) -> None:
     for after in ("abc", "-1", "1e3", "%D9%A3", ""):
         ws = alice.ws(f"/ws/rooms/{room}/?after={after}")
         with ws:
-            history = ws.receive_json()
+            history = receive(ws)
             assert (texts(history), history["truncated"]) == (["only"], False)

@@ -294,4 +294,7 @@ def test_the_example_room_page_renders_its_websocket_url_and_the_client(site: Si
     with WebSocketTestClient(
         match.group(1), cookies=alice.cookies, origin=site.origin, timeout=TIMEOUT
     ) as ws:
+        # The room's presence snapshot comes first, then the history.
+        first = ws.receive_json()
+        assert first["type"] == "rawws.presence"
         assert ws.receive_json()["type"] == "history"

@@ -1,13 +1,15 @@
 """The example's consumers, written with the public API only.
 
 * ``RoomConsumer`` (``/ws/rooms/<slug>/``): the chat. JSON both ways, the ORM
-  in every hook, event sends so that each member gets its own view of a message.
+  in every hook, raw sends to a resumable group so that a page back from a
+  lost connection gets what it missed, and a presence list of who is online.
 * ``EchoConsumer`` (``/ws/echo/``) and ``BroadcastConsumer`` (``/ws/broadcast/``):
   the smallest consumers there are, also used by the tests and benchmarks.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from django.conf import settings
@@ -26,17 +28,26 @@ BROADCAST_GROUP = "broadcast"
 class RoomConsumer(JsonWebSocketConsumer):
     """One member's connection to a chat room.
 
-    The client sends ``{"type": "message", "text": "..."}``. It receives:
+    The client sends ``{"type": "message", "text": "..."}``, and
+    ``{"type": "history", "after": <id>}`` to reload what came after a
+    message (after a ``rawws.gap``). It receives:
 
-    * ``{"type": "history", "messages": [...], "truncated": bool}`` once, at
-      connect: the messages after ``?after=<id>`` (what a reconnecting page
-      missed), or the last ``CHAT_HISTORY`` without it, each as a live one
-      below. ``truncated`` says more were missed than fit, so the page
-      should reload;
-    * ``{"type": "message", "id", "room", "author", "text", "created", "mine"}``
-      for every message posted in the room, its own included;
+    * ``{"type": "history", "messages": [...], "truncated": bool}`` at
+      connect and when asked: the messages after ``?after=<id>`` (what a
+      reconnecting page missed), or the last ``CHAT_HISTORY`` without it,
+      each as a live one below. ``truncated`` says more were missed than
+      fit, so the page should reload;
+    * ``{"id": "<stream id>", "group": "room.<slug>", "data": {"type": "message",
+      "id", "room", "author", "author_id", "text", "created"}}`` for every
+      message posted in the room, its own included: the group is resumable
+      (``RAWWS["GROUP_OPTIONS"]``), so a client reconnecting with
+      ``?last_id.room.<slug>=<stream id>`` first gets those it missed, or a
+      ``{"type": "rawws.gap", "group"}`` when the window no longer reaches back;
     * ``{"type": "join" | "leave", "user": "..."}`` when another connection
       opens or closes on the room;
+    * ``{"type": "rawws.presence", "group", "members" | "joined" | "left": [...]}``
+      from the group backend: who is online, each entry ``{"conn", "user", "name"}``
+      (one per connection: a user with two tabs is there twice);
     * ``{"type": "error", "error": "..."}`` for a message it refused.
     """
 
@@ -53,7 +64,9 @@ class RoomConsumer(JsonWebSocketConsumer):
         # Join before the 101, as `groups` would be joined: a message posted
         # from now on is delivered live. One posted before is in the history
         # read below; one in both is sent twice, and the page keeps it once (by id).
-        self.join(self.room.group)
+        # Announced in the room's presence list: once open, this connection gets
+        # the list ("rawws.presence", members) and every change (joined / left).
+        self.join(self.room.group, presence={"user": self.user.pk, "name": self.user.get_username()})
         self.accept()
         # The notice first: once this client reads its history, the others have been told.
         push(self.room.group, event={"type": "chat.join", "user": self.user.get_username()}, exclude=self)
@@ -65,6 +78,12 @@ class RoomConsumer(JsonWebSocketConsumer):
             push(self.room.group, event={"type": "chat.leave", "user": self.user.get_username()})
 
     def receive_json(self, content: Any) -> None:
+        if isinstance(content, dict) and content.get("type") == "history":
+            # The page lost live messages (a gap): what came after its last one, from the database.
+            after = content.get("after")
+            valid = isinstance(after, int) and not isinstance(after, bool) and 0 <= after < 1 << 63
+            self.send_history(after=after if valid else None)
+            return
         if not isinstance(content, dict) or content.get("type") != "message":
             self.send_json({"type": "error", "error": 'expected {"type": "message", "text": "..."}'})
             return
@@ -75,14 +94,14 @@ class RoomConsumer(JsonWebSocketConsumer):
             return
         assert self.room is not None
         message = Message.objects.create(room=self.room, author=self.user, text=text)
-        # An event send: each member's chat_message() shapes what it receives.
-        # Inside a transaction (ATOMIC_REQUESTS) it would wait for the commit.
-        push(self.room.group, event={"type": "chat.message", "message": message.as_json()})
+        # A raw send of JSON text, the same for every member (framed once): the
+        # group is resumable, so it goes out in an envelope with an id and is
+        # kept in the window for clients that reconnect. Each page tells its
+        # own messages by author_id. Inside a transaction (ATOMIC_REQUESTS) it
+        # would wait for the commit.
+        push(self.room.group, json.dumps(_shaped(message)))
 
     # ----------------------------------------------------------- group events
-
-    def chat_message(self, event: dict[str, Any]) -> None:
-        self.send_json(self.for_me(event["message"]))
 
     def chat_join(self, event: dict[str, Any]) -> None:
         self.send_json({"type": "join", "user": event["user"]})
@@ -91,12 +110,6 @@ class RoomConsumer(JsonWebSocketConsumer):
         self.send_json({"type": "leave", "user": event["user"]})
 
     # ---------------------------------------------------------------- helpers
-
-    def for_me(self, message: dict[str, Any]) -> dict[str, Any]:
-        """A message as this member sees it, live or in history: ``mine`` instead of the author's id."""
-        shaped = {"type": "message", **message}
-        shaped["mine"] = shaped.pop("author_id") == self.user.pk
-        return shaped
 
     def send_history(self, after: int | None) -> None:
         assert self.room is not None
@@ -109,10 +122,15 @@ class RoomConsumer(JsonWebSocketConsumer):
         self.send_json(
             {
                 "type": "history",
-                "messages": [self.for_me(message.as_json()) for message in reversed(latest[:limit])],
+                "messages": [_shaped(message) for message in reversed(latest[:limit])],
                 "truncated": truncated,
             }
         )
+
+
+def _shaped(message: Message) -> dict[str, Any]:
+    """A message as every member receives it, live or in history."""
+    return {"type": "message", **message.as_json()}
 
 
 def _parse_id(value: str | None) -> int | None:

@@ -56,7 +56,10 @@ class Message(models.Model):
         return f"{self.author} in {self.room}: {self.text[:40]}"
 
     def as_json(self) -> dict:
-        """What a client receives about this message (``mine`` is added per member)."""
+        """What a client receives about this message, live and in history.
+
+        The same for every member: the page marks its own by ``author_id``.
+        """
         return {
             "id": self.id,
             "room": self.room.slug,

@@ -1,7 +1,7 @@
 // The chat page's script, example_project/chat/static/chat/room.js, run in a
 // vm context with a small fake DOM (only what the page uses) and RawWS over a
 // fake WebSocket. Checks the wiring: URLs with the resume point, dedupe and
-// order by id, notices, the state label, the composer, and that user data only
+// order by id, notices, the online list, the state label, the composer, and that user data only
 // ever goes through textContent (the fake elements throw on innerHTML).
 "use strict";
 
@@ -158,11 +158,13 @@ function loadPage(history = []) {
     composer: new FakeElement("form"),
     "message-text": new FakeElement("input"),
     send: new FakeElement("button"),
+    online: new FakeElement("ul"),
   };
   const lastId = history.length ? history[history.length - 1][0] : 0;
   elements["chat-config"].textContent = JSON.stringify({
     room: "lobby",
     user: "alice",
+    userId: 1,
     wsPath: "/ws/rooms/lobby/",
     lastId,
     maxLength: 2000,
@@ -189,15 +191,20 @@ function loadPage(history = []) {
   return {elements, sockets, socket, rows, receive, open, timers};
 }
 
-const message = (id, author, text, mine = false) => ({
+const USER_IDS = {alice: 1, bob: 2, carol: 3};
+
+const message = (id, author, text) => ({
   type: "message",
   id,
   room: "lobby",
   author,
+  author_id: USER_IDS[author] || 99,
   text,
   created: "2026-01-02T03:04:05+00:00",
-  mine,
 });
+
+// How a live message comes: in the resumable group's envelope.
+const envelope = (streamId, data) => ({id: streamId, group: "room.lobby", data});
 
 // ------------------------------------------------------------------ tests
 
@@ -229,7 +236,7 @@ test("messages already shown are not shown twice, and others go in id order", ()
   page.open();
   page.receive({type: "history", messages: [message(3, "bob", "three"), message(4, "bob", "four")], truncated: false});
   page.receive(message(6, "carol", "six"));
-  page.receive(message(5, "alice", "five", true)); // crossed on the way
+  page.receive(message(5, "alice", "five")); // crossed on the way
   page.receive(message(6, "carol", "six"));
   assert.deepEqual(page.rows(), [
     [3, "bob", "three"],
@@ -293,4 +300,60 @@ test("a lost connection shows the wait, and reconnects after the newest message 
   retry.fn();
   assert.equal(page.sockets.length, 2);
   assert.equal(page.socket().url, "ws://127.0.0.1:8000/ws/rooms/lobby/?after=9");
+});
+
+test("the online list follows the presence snapshot and changes, each name once, as text", () => {
+  const page = loadPage();
+  page.open();
+  const online = () => page.elements.online.children.map((item) => [item.textContent, item.className]);
+  const presence = (change) => page.receive({type: "rawws.presence", group: "room.lobby", ...change});
+  presence({members: [{conn: "c2", user: 1, name: "alice"}, {conn: "c1", user: 2, name: "<b>bob</b>"}]});
+  assert.deepEqual(online(), [["<b>bob</b>", ""], ["alice", "me"]]);
+  presence({joined: [{conn: "c3", user: 2, name: "<b>bob</b>"}]}); // bob's second tab
+  presence({joined: [{conn: "c4", user: 3, name: "carol"}]});
+  assert.deepEqual(online(), [["<b>bob</b>", ""], ["alice", "me"], ["carol", ""]]);
+  presence({left: [{conn: "c1", user: 2, name: "<b>bob</b>"}]});
+  assert.deepEqual(online(), [["<b>bob</b>", ""], ["alice", "me"], ["carol", ""]]);
+  presence({left: [{conn: "c3", user: 2, name: "<b>bob</b>"}, {conn: "c4", user: 3, name: "carol"}]});
+  assert.deepEqual(online(), [["alice", "me"]]);
+  assert.equal(page.elements.online.children[0].children.length, 0);
+  // A reconnect's snapshot replaces the list.
+  presence({members: [{conn: "c9", user: 3, name: "carol"}]});
+  assert.deepEqual(online(), [["carol", ""]]);
+  // Presence is not a chat message: nothing in the message list.
+  assert.deepEqual(page.rows(), []);
+});
+
+test("live messages come in the group's envelope; a reconnect resumes from its id and the last message", () => {
+  const page = loadPage([[3, "bob", "three"]]);
+  page.open();
+  page.receive(envelope("1700000000000-0", message(4, "alice", "four")));
+  page.receive(envelope("1700000000000-1", message(5, "bob", "five")));
+  assert.deepEqual(page.rows(), [
+    [3, "bob", "three"],
+    [4, "alice", "four"],
+    [5, "bob", "five"],
+  ]);
+  assert.equal(page.elements.messages.children[1].className, "message mine");
+  assert.equal(page.elements.messages.children[2].className, "message");
+  page.socket().onclose({code: 1001, reason: ""});
+  page.timers.filter((timer) => timer.ms === 500).pop().fn();
+  assert.equal(
+    page.socket().url,
+    "ws://127.0.0.1:8000/ws/rooms/lobby/?after=5&last_id.room.lobby=1700000000000-1"
+  );
+  // The server replays what was missed from its window, then the database history repeats it: shown once.
+  page.open();
+  page.receive(envelope("1700000000000-2", message(6, "carol", "six")));
+  page.receive({type: "history", messages: [message(6, "carol", "six")], truncated: false});
+  assert.deepEqual(page.rows().map((row) => row[0]), [3, 4, 5, 6]);
+});
+
+test("a gap in the group's messages asks the server for the history after the last message shown", () => {
+  const page = loadPage([[3, "bob", "three"]]);
+  page.open();
+  page.receive(message(7, "bob", "seven"));
+  page.receive({type: "rawws.gap", group: "room.lobby"});
+  assert.deepEqual(page.socket().sent, [{type: "history", after: 7}]);
+  assert.deepEqual(page.rows().map((row) => row[0]), [3, 7]);
 });

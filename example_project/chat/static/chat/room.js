@@ -1,6 +1,10 @@
 /*
  * The room page: history is in the HTML (rendered and escaped by Django),
  * live messages come over the WebSocket through RawWS (django_rawws/rawws.js).
+ * A reconnect catches up twice over, and shows each message once (by id): RawWS
+ * resumes the room's group from its last id (what the server's window holds),
+ * and ?after= asks the consumer for what came after the last message shown
+ * (from the database, which survives a server restart).
  * User data only ever reaches the page through textContent, never innerHTML.
  */
 (function () {
@@ -16,6 +20,7 @@
   var form = document.getElementById("composer");
   var input = document.getElementById("message-text");
   var button = document.getElementById("send");
+  var online = document.getElementById("online");
 
   // The ids shown, so a message that comes twice (history and live) shows once.
   var shown = new Set();
@@ -56,7 +61,7 @@
     }
     shown.add(message.id);
     lastId = Math.max(lastId, message.id);
-    var item = element("li", message.mine ? "message mine" : "message");
+    var item = element("li", message.author_id === config.userId ? "message mine" : "message");
     item.dataset.id = String(message.id);
     var time = element("time", "", localTime(message.created));
     time.setAttribute("datetime", message.created);
@@ -86,6 +91,24 @@
     }
   }
 
+  // Presence entries are per connection: a user with two tabs is listed once, by name.
+  function showOnline(members) {
+    if (!online) {
+      return;
+    }
+    var names = [];
+    members.forEach(function (member) {
+      if (typeof member.name === "string" && names.indexOf(member.name) < 0) {
+        names.push(member.name);
+      }
+    });
+    names.sort();
+    online.textContent = "";
+    names.forEach(function (name) {
+      online.appendChild(element("li", name === config.user ? "me" : "", name));
+    });
+  }
+
   var labels = {
     connecting: "connecting…",
     open: "connected",
@@ -104,12 +127,20 @@
   }
 
   var socket = new RawWS(
-    // Called before every attempt: a reconnect asks for what came after the last message shown.
+    // Called before every attempt: a reconnect asks for what came after the last message shown
+    // (RawWS appends last_id.room.<slug>=<id> once it has seen a message of the group).
     function () {
       return wsUrl + "?after=" + lastId;
     },
     {
       onState: setState,
+      onPresence: function (group, members) {
+        showOnline(members);
+      },
+      // The window no longer reaches back to our last id: ask the database for the rest.
+      onGap: function () {
+        socket.send({type: "history", after: lastId});
+      },
       onMessage: function (data) {
         show(function () {
           if (data.type === "history") {
