@@ -74,13 +74,12 @@ from .protocol.events import BinaryMessage, CloseReceived, ConnectionFailed, Tex
 from .protocol.handshake import (
     ClientHandshake,
     HandshakeRequest,
-    build_accept,
     build_reject,
-    negotiate_extensions,
     validate_request,
 )
 from .protocol.http import Headers, Request, RequestParser, Response
 from .server import Phase, Server, ServerConfig, SharedMessage
+from .server.connection import open_protocol
 
 __all__ = [
     "InProcessConnection",
@@ -800,25 +799,13 @@ class InProcessConnection:
         with self.lock:
             if self.phase is not Phase.DECIDING or self.handshake is None:
                 raise InvalidState(f"accept() while the connection is {self.phase.name}")
-            options = deflate if deflate is not None else config.deflate
-            extension_header, params = negotiate_extensions(
-                self.handshake, options if options.enabled else None
-            )
-            response = build_accept(
-                self.handshake, subprotocol=subprotocol, extensions=extension_header, headers=headers
-            )
-            codec = None
-            if params is not None:
-                codec = PerMessageDeflate(
-                    params, is_server=True, mem_level=options.mem_level, compress_level=options.compress_level
-                )
-            limit = max_message_size if max_message_size is not None else config.max_message_size
-            self._proto = Connection(
-                Role.SERVER,
-                max_message_size=limit,
-                max_frame_size=config.max_frame_size if config.max_frame_size is not None else limit,
-                deflate=codec,
-                compression_threshold=config.compression_threshold,
+            response, self._proto = open_protocol(
+                self.handshake,
+                config,
+                subprotocol=subprotocol,
+                headers=headers,
+                deflate=deflate,
+                max_message_size=max_message_size,
             )
             self.subprotocol = subprotocol
             self.status = 101
@@ -1458,10 +1445,17 @@ class WebSocketCommunicator:
             self._closed = True
 
     def _release(self) -> None:
-        """Detach from the group backend, dropping memberships left behind."""
+        """Detach from the group backend, dropping memberships left behind.
+
+        Also stops the slow-handler watchdog the handlers started, as a
+        server's exiting worker does: no thread outlives the communicator.
+        """
         backend, self._backend = self._backend, None
         if backend is not None and self._server is not None:
             backend.detach(self._server)
+        from .handler import _watchdog
+
+        _watchdog.stop()
 
 
 def _local_address(host: str, secure: bool) -> tuple[str, int]:

@@ -51,7 +51,7 @@ from .poller import READ, WRITE
 if TYPE_CHECKING:
     from .core import Server
 
-__all__ = ["ServerConnection", "Phase", "SharedMessage"]
+__all__ = ["ServerConnection", "Phase", "SharedMessage", "open_protocol"]
 
 logger = logging.getLogger("django_rawws.server")
 access_logger = logging.getLogger("django_rawws.access")
@@ -88,6 +88,37 @@ class _NotAnUpgrade(HandshakeError):
 
     def default_headers(self) -> list[tuple[str, str]]:
         return [("Upgrade", "websocket")]
+
+
+def open_protocol(
+    handshake: HandshakeRequest,
+    config: Any,
+    *,
+    subprotocol: str | None,
+    headers: Any,
+    deflate: DeflateOptions | None,
+    max_message_size: int | None,
+) -> tuple[bytes, Connection]:
+    """Accept ``handshake``: the 101 response and the protocol object for what was agreed.
+
+    Negotiates permessage-deflate with ``deflate`` (or the server's options)
+    and applies the message limit of the route (or the server's).
+    """
+    options = deflate if deflate is not None else config.deflate
+    extension_header, params = negotiate_extensions(handshake, options if options.enabled else None)
+    response = build_accept(handshake, subprotocol=subprotocol, extensions=extension_header, headers=headers)
+    codec = None
+    if params is not None:
+        codec = PerMessageDeflate(params, is_server=True, mem_level=options.mem_level, compress_level=options.compress_level)
+    limit = max_message_size if max_message_size is not None else config.max_message_size
+    proto = Connection(
+        Role.SERVER,
+        max_message_size=limit,
+        max_frame_size=config.max_frame_size if config.max_frame_size is not None else limit,
+        deflate=codec,
+        compression_threshold=config.compression_threshold,
+    )
+    return response, proto
 
 
 class ServerConnection:
@@ -246,21 +277,13 @@ class ServerConnection:
         with self.lock:
             if self.phase is not Phase.DECIDING or self.handshake is None:
                 raise InvalidState(f"accept() while the connection is {self.phase.name}")
-            options = deflate if deflate is not None else config.deflate
-            extension_header, params = negotiate_extensions(self.handshake, options if options.enabled else None)
-            response = build_accept(self.handshake, subprotocol=subprotocol, extensions=extension_header, headers=headers)
-            codec = None
-            if params is not None:
-                codec = PerMessageDeflate(
-                    params, is_server=True, mem_level=options.mem_level, compress_level=options.compress_level
-                )
-            limit = max_message_size if max_message_size is not None else config.max_message_size
-            self._proto = Connection(
-                Role.SERVER,
-                max_message_size=limit,
-                max_frame_size=config.max_frame_size if config.max_frame_size is not None else limit,
-                deflate=codec,
-                compression_threshold=config.compression_threshold,
+            response, self._proto = open_protocol(
+                self.handshake,
+                config,
+                subprotocol=subprotocol,
+                headers=headers,
+                deflate=deflate,
+                max_message_size=max_message_size,
             )
             self.subprotocol = subprotocol
             self.status = 101
