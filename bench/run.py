@@ -1140,7 +1140,7 @@ def main() -> None:
     )
     parser.add_argument(
         "--duration",
-        type=float,
+        type=int,
         metavar="SECONDS",
         help="length of the soak scenario (default 180, --quick 30)",
     )

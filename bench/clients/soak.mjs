@@ -108,16 +108,18 @@ run(async () => {
     ws.once("close", (code) => settle(echoed && code === 1000, echoed ? `close ${code}` : "closed before echo"));
   };
   let churnCount = 0;
-  const churnTick = Math.max(1, Math.round(1000 / churn_per_s));
-  timers.push(
-    setInterval(() => {
-      if (inFlight >= churn_in_flight) {
-        stats.churn_skipped += 1;
-        return;
-      }
-      churnOne(churnCount++);
-    }, churnTick),
-  );
+  if (churn_per_s > 0) {
+    const churnTick = Math.max(1, Math.round(1000 / churn_per_s));
+    timers.push(
+      setInterval(() => {
+        if (inFlight >= churn_in_flight) {
+          stats.churn_skipped += 1;
+          return;
+        }
+        churnOne(churnCount++);
+      }, churnTick),
+    );
+  }
 
   await new Promise((resolve) => setTimeout(resolve, duration_s * 1000));
   for (const timer of timers) clearInterval(timer);
