@@ -344,17 +344,7 @@ class LocalGroups:
         if not members:
             return 0
         shared = SharedMessage(message)
-        sent = 0
-        for conn in members:
-            if excluded and conn.id in excluded:
-                continue
-            try:
-                if conn.send_shared(shared):
-                    sent += 1
-            except Exception:
-                # One broken member must not cost the others their message.
-                logger.exception("raw send to %r in group %r failed", conn, group)
-        return sent
+        return self._each_member(group, members, excluded, lambda conn: conn.send_shared(shared), "raw send")
 
     def send_event(self, group: str, event: dict[str, Any], excluded: frozenset[str]) -> int:
         """Queue ``event`` for each member's ``websocket_event`` handler; return how many took it.
@@ -362,15 +352,21 @@ class LocalGroups:
         Every member gets the same dict: handlers must treat it as read-only.
         """
         members = self.members(group)
+        return self._each_member(group, members, excluded, lambda conn: conn.deliver_event(event), "event send")
+
+    @staticmethod
+    def _each_member(group: str, members: list[Any], excluded: frozenset[str], deliver: Any, what: str) -> int:
+        """Call ``deliver(conn)`` for each member not excluded; count those that took it."""
         sent = 0
         for conn in members:
             if excluded and conn.id in excluded:
                 continue
             try:
-                if conn.deliver_event(event):
+                if deliver(conn):
                     sent += 1
             except Exception:
-                logger.exception("event send to %r in group %r failed", conn, group)
+                # One broken member must not cost the others their message.
+                logger.exception("%s to %r in group %r failed", what, conn, group)
         return sent
 
 
