@@ -205,20 +205,11 @@ def room_path(slug: str, after: int | None = None) -> str:
     return f"/ws/rooms/{slug}/" + (f"?after={after}" if after is not None else "")
 
 
-def is_envelope(message: dict[str, Any]) -> bool:
-    """A resumable group's message: exactly ``{"id", "group", "data"}`` (docs/groups.md)."""
-    return set(message) == {"id", "group", "data"}
-
-
 def receive(ws: WebSocketTestClient) -> dict[str, Any]:
-    """The next message of the chat itself, unwrapped from its envelope, past the
-    group backend's presence messages (``rawws.presence``: the presence test reads those)."""
+    """The next message of the chat itself, past the group backend's presence
+    messages (``rawws.presence``: the presence test reads those)."""
     while True:
         message: dict[str, Any] = ws.receive_json()
-        if is_envelope(message):
-            assert isinstance(message["id"], str) and message["group"].startswith("room."), message
-            data: dict[str, Any] = message["data"]
-            return data
         if message["type"] != "rawws.presence":
             return message
 
@@ -305,7 +296,6 @@ def test_room_page_loads_the_client_and_its_websocket_path(alice: Browser) -> No
     config = json.loads(match.group(1))
     assert config["wsPath"] == "/ws/rooms/lobby/"
     assert (config["room"], config["user"]) == ("lobby", "alice")
-    assert config["userId"] == _user_id(alice.site, "alice")  # what room.js compares author_id with
 
 
 def test_static_files_of_the_page_are_found_by_staticfiles(site: Site) -> None:
@@ -410,7 +400,9 @@ def test_two_members_of_a_room_exchange_messages_both_ways(alice: Browser, bob: 
             assert receive(a) == {"type": "join", "user": "bob"}
             say(a, "hello bob")
             from_alice = next_message(a)
-            assert next_message(b) == from_alice  # the same for every member: each page tells its own
+            # One event send; each member's consumer shapes it for its reader.
+            assert next_message(b) == {**from_alice, "mine": False}
+            assert from_alice["mine"] is True
             assert (from_alice["author"], from_alice["text"], from_alice["author_id"]) == (
                 "alice",
                 "hello bob",
@@ -419,7 +411,8 @@ def test_two_members_of_a_room_exchange_messages_both_ways(alice: Browser, bob: 
             assert from_alice["room"] == room
             say(b, "hi alice")
             from_bob = next_message(b)
-            assert next_message(a) == from_bob
+            assert next_message(a) == {**from_bob, "mine": False}
+            assert from_bob["mine"] is True
             assert (from_bob["author"], from_bob["text"], from_bob["author_id"]) == (
                 "bob",
                 "hi alice",
@@ -668,7 +661,7 @@ def test_a_websocket_reconnecting_after_its_last_id_gets_exactly_what_it_missed(
     with a:
         assert history == {
             "type": "history",
-            "messages": missed,
+            "messages": [{**message, "mine": False} for message in missed],  # Bob's, read by Alice
             "truncated": False,
         }
         # And live again.
@@ -676,60 +669,26 @@ def test_a_websocket_reconnecting_after_its_last_id_gets_exactly_what_it_missed(
         assert next_message(a)["text"] == "back"
 
 
-def next_envelope(ws: WebSocketTestClient) -> dict[str, Any]:
-    """The next message of the resumable room group, in its envelope, past everything else."""
-    while True:
-        message: dict[str, Any] = ws.receive_json()
-        if is_envelope(message):
-            return message
-
-
-def _stream_id(envelope: dict[str, Any]) -> tuple[int, int]:
-    milliseconds, sequence = envelope["id"].split("-")
-    return int(milliseconds), int(sequence)
-
-
-def test_live_messages_come_in_the_room_groups_envelope_with_increasing_ids(
-    alice: Browser, room: str
-) -> None:
-    a, _ = join(alice, room)
-    with a:
-        say(a, "one")
-        say(a, "two")
-        first, second = next_envelope(a), next_envelope(a)
-    assert (first["group"], first["data"]["text"]) == (f"room.{room}", "one")
-    assert (second["group"], second["data"]["text"]) == (f"room.{room}", "two")
-    assert _stream_id(first) < _stream_id(second)
-    assert second["data"]["id"] > first["data"]["id"]
-
-
-def test_a_websocket_resuming_from_its_last_stream_id_gets_the_missed_messages_once_in_order(
+def test_the_history_marks_the_readers_own_messages_as_live_delivery_does(
     alice: Browser, bob: Browser, room: str
 ) -> None:
-    """What the shipped client does after a reconnect: ``last_id.<group>``, served from the window first."""
     a, _ = join(alice, room)
     with a:
-        say(a, "before")
-        last = next_envelope(a)
+        say(a, "from alice")
+        next_message(a)
     b, _ = join(bob, room)
     with b:
-        for text in ("while away 1", "while away 2"):
-            say(b, text)
-        missed = [next_envelope(b), next_envelope(b)]
-        ws = alice.ws(f"{room_path(room, after=last['data']['id'])}&last_id.room.{room}={last['id']}")
+        say(b, "from bob")
+        next_message(b)
+    for browser, expected in ((alice, [True, False]), (bob, [False, True])):
+        ws, history = join(browser, room)
         with ws:
-            caught_up = [next_envelope(ws), next_envelope(ws)]
-            assert caught_up == missed
-            # Then the consumer's catch-up from the database: the same two (the page shows each once, by id).
-            assert texts(receive(ws)) == ["while away 1", "while away 2"]
-            say(b, "live again")
-            live = next_envelope(ws)
-            assert live["data"]["text"] == "live again"
-            assert _stream_id(live) > _stream_id(missed[-1])
-            assert ws.receive_nothing(timeout=0.2)
+            assert [(m["text"], m["mine"]) for m in history["messages"]] == list(
+                zip(["from alice", "from bob"], expected)
+            )
 
 
-def test_a_history_request_sends_what_came_after_an_id_as_after_a_gap(alice: Browser, room: str) -> None:
+def test_a_history_request_sends_what_came_after_an_id(alice: Browser, room: str) -> None:
     a, _ = join(alice, room)
     with a:
         ids = []

@@ -1,15 +1,15 @@
 """The example's consumers, written with the public API only.
 
 * ``RoomConsumer`` (``/ws/rooms/<slug>/``): the chat. JSON both ways, the ORM
-  in every hook, raw sends to a resumable group so that a page back from a
-  lost connection gets what it missed, and a presence list of who is online.
+  in every hook, an event send to the room that each member's consumer shapes
+  for its reader, a catch-up from the database for a page back from a lost
+  connection, and a presence list of who is online.
 * ``EchoConsumer`` (``/ws/echo/``) and ``BroadcastConsumer`` (``/ws/broadcast/``):
   the smallest consumers there are, also used by the tests and benchmarks.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from django.conf import settings
@@ -30,19 +30,18 @@ class RoomConsumer(JsonWebSocketConsumer):
 
     The client sends ``{"type": "message", "text": "..."}``, and
     ``{"type": "history", "after": <id>}`` to reload what came after a
-    message (after a ``rawws.gap``). It receives:
+    message. It receives:
 
     * ``{"type": "history", "messages": [...], "truncated": bool}`` at
       connect and when asked: the messages after ``?after=<id>`` (what a
-      reconnecting page missed), or the last ``CHAT_HISTORY`` without it,
-      each as a live one below. ``truncated`` says more were missed than
-      fit, so the page should reload;
-    * ``{"id": "<stream id>", "group": "room.<slug>", "data": {"type": "message",
-      "id", "room", "author", "author_id", "text", "created"}}`` for every
-      message posted in the room, its own included: the group is resumable
-      (``RAWWS["GROUP_OPTIONS"]``), so a client reconnecting with
-      ``?last_id.room.<slug>=<stream id>`` first gets those it missed, or a
-      ``{"type": "rawws.gap", "group"}`` when the window no longer reaches back;
+      reconnecting page missed, read from the database, so it survives a
+      server restart), or the last ``CHAT_HISTORY`` without it, each as a
+      live one below. ``truncated`` says more were missed than fit, so the
+      page should reload;
+    * ``{"type": "message", "id", "room", "author", "author_id", "text",
+      "created", "mine"}`` for every message posted in the room, its own
+      included. ``mine`` is this reader's own: the message reaches the room
+      as an event, and each member's consumer shapes it for its reader;
     * ``{"type": "join" | "leave", "user": "..."}`` when another connection
       opens or closes on the room;
     * ``{"type": "rawws.presence", "group", "members" | "joined" | "left": [...]}``
@@ -94,14 +93,16 @@ class RoomConsumer(JsonWebSocketConsumer):
             return
         assert self.room is not None
         message = Message.objects.create(room=self.room, author=self.user, text=text)
-        # A raw send of JSON text, the same for every member (framed once): the
-        # group is resumable, so it goes out in an envelope with an id and is
-        # kept in the window for clients that reconnect. Each page tells its
-        # own messages by author_id. Inside a transaction (ATOMIC_REQUESTS) it
-        # would wait for the commit.
-        push(self.room.group, json.dumps(_shaped(message)))
+        # An event send: every member's consumer (chat_message below) shapes
+        # what its reader sees. Inside a transaction (ATOMIC_REQUESTS) it
+        # would wait for the commit, so nobody hears of a message that was
+        # rolled back.
+        push(self.room.group, event={"type": "chat.message", "message": message.as_json()})
 
     # ----------------------------------------------------------- group events
+
+    def chat_message(self, event: dict[str, Any]) -> None:
+        self.send_json(self.shaped(event["message"]))
 
     def chat_join(self, event: dict[str, Any]) -> None:
         self.send_json({"type": "join", "user": event["user"]})
@@ -122,15 +123,14 @@ class RoomConsumer(JsonWebSocketConsumer):
         self.send_json(
             {
                 "type": "history",
-                "messages": [_shaped(message) for message in reversed(latest[:limit])],
+                "messages": [self.shaped(message.as_json()) for message in reversed(latest[:limit])],
                 "truncated": truncated,
             }
         )
 
-
-def _shaped(message: Message) -> dict[str, Any]:
-    """A message as every member receives it, live or in history."""
-    return {"type": "message", **message.as_json()}
+    def shaped(self, message: dict[str, Any]) -> dict[str, Any]:
+        """A message as this member receives it, live or in history: marked when it is the reader's own."""
+        return {"type": "message", **message, "mine": message["author_id"] == self.user.pk}
 
 
 def _parse_id(value: str | None) -> int | None:

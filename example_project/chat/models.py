@@ -58,7 +58,8 @@ class Message(models.Model):
     def as_json(self) -> dict:
         """What a client receives about this message, live and in history.
 
-        The same for every member: the page marks its own by ``author_id``.
+        The same for every member; the consumer adds what depends on the
+        reader (``mine``).
         """
         return {
             "id": self.id,

@@ -48,8 +48,6 @@ def room(request: HttpRequest, slug: str) -> HttpResponse:
     config = {
         "room": room.slug,
         "user": request.user.get_username(),
-        # room.js marks a message "mine" by its author_id.
-        "userId": request.user.pk,
         # The template renders the absolute URL with {% ws_url %} (data-ws-url); this path is
         # room.js's fallback on a page without it.
         "wsPath": reverse("room", kwargs={"slug": room.slug}, urlconf=settings.RAWWS["URLCONF"]),

@@ -98,8 +98,4 @@ RAWWS = {
     "URLCONF": "chat.wsurls",
     # Room for a 16 MiB echo waiting for a client that reads slowly.
     "MAX_OUTGOING_BUFFER": 32 << 20,
-    # The chat's messages are pushed raw to "room.<slug>": resumable, each comes
-    # in an envelope with an id, and a page that reconnects with its last id
-    # (rawws.js does) gets what it missed from the window, once, in order.
-    "GROUP_OPTIONS": {"resumable": ["room.*"]},
 }

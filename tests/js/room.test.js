@@ -1,6 +1,6 @@
 // The chat page's script, example_project/chat/static/chat/room.js, run in a
 // vm context with a small fake DOM (only what the page uses) and RawWS over a
-// fake WebSocket. Checks the wiring: URLs with the resume point, dedupe and
+// fake WebSocket. Checks the wiring: URLs with the resume point (?after=), dedupe and
 // order by id, notices, the online list, the state label, the composer, and that user data only
 // ever goes through textContent (the fake elements throw on innerHTML).
 "use strict";
@@ -164,7 +164,6 @@ function loadPage(history = []) {
   elements["chat-config"].textContent = JSON.stringify({
     room: "lobby",
     user: "alice",
-    userId: 1,
     wsPath: "/ws/rooms/lobby/",
     lastId,
     maxLength: 2000,
@@ -193,6 +192,7 @@ function loadPage(history = []) {
 
 const USER_IDS = {alice: 1, bob: 2, carol: 3};
 
+// A message as the consumer shapes it for the page's reader, alice ("mine" is hers).
 const message = (id, author, text) => ({
   type: "message",
   id,
@@ -201,10 +201,8 @@ const message = (id, author, text) => ({
   author_id: USER_IDS[author] || 99,
   text,
   created: "2026-01-02T03:04:05+00:00",
+  mine: author === "alice",
 });
-
-// How a live message comes: in the resumable group's envelope.
-const envelope = (streamId, data) => ({id: streamId, group: "room.lobby", data});
 
 // ------------------------------------------------------------------ tests
 
@@ -324,36 +322,27 @@ test("the online list follows the presence snapshot and changes, each name once,
   assert.deepEqual(page.rows(), []);
 });
 
-test("live messages come in the group's envelope; a reconnect resumes from its id and the last message", () => {
-  const page = loadPage([[3, "bob", "three"]]);
+test("the reader's own messages are marked by the consumer's \"mine\", not by the author", () => {
+  const page = loadPage();
   page.open();
-  page.receive(envelope("1700000000000-0", message(4, "alice", "four")));
-  page.receive(envelope("1700000000000-1", message(5, "bob", "five")));
-  assert.deepEqual(page.rows(), [
-    [3, "bob", "three"],
-    [4, "alice", "four"],
-    [5, "bob", "five"],
-  ]);
-  assert.equal(page.elements.messages.children[1].className, "message mine");
-  assert.equal(page.elements.messages.children[2].className, "message");
-  page.socket().onclose({code: 1001, reason: ""});
-  page.timers.filter((timer) => timer.ms === 500).pop().fn();
-  assert.equal(
-    page.socket().url,
-    "ws://127.0.0.1:8000/ws/rooms/lobby/?after=5&last_id.room.lobby=1700000000000-1"
+  page.receive(message(4, "alice", "four"));
+  page.receive({...message(5, "alice", "five"), mine: false}); // another user who is also called alice
+  page.receive({...message(6, "bob", "six"), mine: true});
+  assert.deepEqual(
+    page.elements.messages.children.map((item) => item.className),
+    ["message mine", "message", "message mine"]
   );
-  // The server replays what was missed from its window, then the database history repeats it: shown once.
-  page.open();
-  page.receive(envelope("1700000000000-2", message(6, "carol", "six")));
-  page.receive({type: "history", messages: [message(6, "carol", "six")], truncated: false});
-  assert.deepEqual(page.rows().map((row) => row[0]), [3, 4, 5, 6]);
 });
 
-test("a gap in the group's messages asks the server for the history after the last message shown", () => {
+test("after a reconnect, the history repeating live messages shows each once, in id order", () => {
   const page = loadPage([[3, "bob", "three"]]);
   page.open();
-  page.receive(message(7, "bob", "seven"));
-  page.receive({type: "rawws.gap", group: "room.lobby"});
-  assert.deepEqual(page.socket().sent, [{type: "history", after: 7}]);
-  assert.deepEqual(page.rows().map((row) => row[0]), [3, 7]);
+  page.receive(message(5, "bob", "five"));
+  page.socket().onclose({code: 1001, reason: ""});
+  page.timers.filter((timer) => timer.ms === 500).pop().fn();
+  assert.equal(page.socket().url, "ws://127.0.0.1:8000/ws/rooms/lobby/?after=5");
+  page.open();
+  page.receive(message(7, "carol", "seven")); // live, ahead of the history
+  page.receive({type: "history", messages: [message(6, "alice", "six"), message(7, "carol", "seven")], truncated: false});
+  assert.deepEqual(page.rows().map((row) => row[0]), [3, 5, 6, 7]);
 });

@@ -1,10 +1,9 @@
 /*
  * The room page: history is in the HTML (rendered and escaped by Django),
  * live messages come over the WebSocket through RawWS (django_rawws/rawws.js).
- * A reconnect catches up twice over, and shows each message once (by id): RawWS
- * resumes the room's group from its last id (what the server's window holds),
- * and ?after= asks the consumer for what came after the last message shown
- * (from the database, which survives a server restart).
+ * A reconnect asks with ?after= for what came after the last message shown (the
+ * consumer reads it from the database, which survives a server restart); a
+ * message that comes twice (in that history and live) is shown once, by id.
  * User data only ever reaches the page through textContent, never innerHTML.
  */
 (function () {
@@ -61,7 +60,8 @@
     }
     shown.add(message.id);
     lastId = Math.max(lastId, message.id);
-    var item = element("li", message.author_id === config.userId ? "message mine" : "message");
+    // The consumer marks the reader's own messages ("mine").
+    var item = element("li", message.mine ? "message mine" : "message");
     item.dataset.id = String(message.id);
     var time = element("time", "", localTime(message.created));
     time.setAttribute("datetime", message.created);
@@ -127,8 +127,7 @@
   }
 
   var socket = new RawWS(
-    // Called before every attempt: a reconnect asks for what came after the last message shown
-    // (RawWS appends last_id.room.<slug>=<id> once it has seen a message of the group).
+    // Called before every attempt: a reconnect asks for what came after the last message shown.
     function () {
       return wsUrl + "?after=" + lastId;
     },
@@ -136,10 +135,6 @@
       onState: setState,
       onPresence: function (group, members) {
         showOnline(members);
-      },
-      // The window no longer reaches back to our last id: ask the database for the rest.
-      onGap: function () {
-        socket.send({type: "history", after: lastId});
       },
       onMessage: function (data) {
         show(function () {
