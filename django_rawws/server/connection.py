@@ -164,7 +164,7 @@ class ServerConnection:
         "_by_us",
         "_app_called",
         "_disconnect_queued",
-        "_timer_at",
+        "_timer_entry",
         "_refusal",
         "_quota_keys",
         "_bucket",
@@ -221,7 +221,8 @@ class ServerConnection:
         self._by_us = False
         self._app_called = False
         self._disconnect_queued = False
-        self._timer_at: float | None = None
+        #: This connection's live entry in the server's timer heap (I/O thread only).
+        self._timer_entry: list[Any] | None = None
         # A status decided at accept (503 past MAX_CONNECTIONS, 429 past the
         # per-address quota), sent as soon as the socket can take it, before
         # anything is read: such a client never reaches a worker.

@@ -98,7 +98,9 @@ class Server:
         self._pending_disconnects = 0
         self._attention: collections.deque[ServerConnection] = collections.deque()
         self._commands: collections.deque[Any] = collections.deque()
-        self._timers: list[tuple[float, int, ServerConnection]] = []
+        # Heap of [deadline, seq, conn]: an entry superseded by an earlier
+        # deadline, or whose connection is gone, has conn None (see _set_timer).
+        self._timers: list[list[Any]] = []
         self._timer_seq = itertools.count()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -224,6 +226,7 @@ class Server:
 
     def forget(self, conn: ServerConnection, *, log: bool = True) -> None:
         """The socket of ``conn`` was closed or handed off (I/O thread): drop it, write the access line."""
+        self._drop_timer(conn)
         if self._connections.get(conn.fd) is conn:
             del self._connections[conn.fd]
             if self.shutting_down:
@@ -383,6 +386,7 @@ class Server:
                             conn.on_readable()
                         if events & ~READ and conn.phase is not Phase.CLOSED:
                             conn.on_writable()
+                conn = None  # not held while polling: a closed connection is freed at once
                 self._run_attention()
                 self._run_commands()
                 self._run_timers()
@@ -423,21 +427,32 @@ class Server:
         self._set_timer(conn, conn.reconcile())
 
     def _set_timer(self, conn: ServerConnection, deadline: float | None) -> None:
-        if deadline is None:
+        if deadline is None or conn.phase is Phase.CLOSED:
             return
-        if conn._timer_at is not None and conn._timer_at <= deadline:
-            return
-        conn._timer_at = deadline
-        heapq.heappush(self._timers, (deadline, next(self._timer_seq), conn))
+        current = conn._timer_entry
+        if current is not None:
+            if current[0] <= deadline:
+                return
+            # Superseded: the entry stays in the heap until its time, but
+            # without the connection, so a closed one is freed at once.
+            current[2] = None
+        entry = conn._timer_entry = [deadline, next(self._timer_seq), conn]
+        heapq.heappush(self._timers, entry)
+
+    def _drop_timer(self, conn: ServerConnection) -> None:
+        entry = conn._timer_entry
+        if entry is not None:
+            entry[2] = None
+            conn._timer_entry = None
 
     def _run_timers(self) -> None:
         timers = self._timers
         now = time.monotonic()
         while timers and timers[0][0] <= now:
-            deadline, _, conn = heapq.heappop(timers)
-            if conn._timer_at != deadline:
-                continue  # superseded by an earlier deadline
-            conn._timer_at = None
+            conn = heapq.heappop(timers)[2]
+            if conn is None:
+                continue
+            conn._timer_entry = None
             if conn.phase is Phase.CLOSED:
                 continue
             self._set_timer(conn, conn.on_timer(now))

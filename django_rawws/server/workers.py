@@ -128,6 +128,9 @@ class WorkerPool:
                 except Exception:  # the task's own error handling failed
                     logger.exception("unhandled error in a worker task")
                 finally:
+                    # Not held while this thread waits for the next task: a
+                    # finished connection's memory goes back at once.
+                    task = None
                     started[index] = 0.0
                     with self._idle:
                         self._pending -= 1

@@ -7,9 +7,12 @@ when its workers are joined and no late call can still arrive.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import re
+import threading
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -335,3 +338,39 @@ def test_binary_and_text_events_reach_a_raw_client_unmasked(server: Any) -> None
         assert client.next_event() == TextMessage("ok")
         client.send_raw(close_frame(1000))
         assert client.events_until_close() == ([], 1000)
+
+
+class ForgetfulApp:
+    """Accepts and echoes, keeping only a weak reference to each connection."""
+
+    def __init__(self) -> None:
+        self.freed = threading.Event()
+        self.disconnected = threading.Event()
+        self.finalizers: list[weakref.finalize] = []
+
+    def websocket_handshake(self, conn: Any, handshake: Any) -> None:
+        self.finalizers.append(weakref.finalize(conn, self.freed.set))
+        conn.accept()
+
+    def websocket_message(self, conn: Any, message: str | bytes) -> None:
+        conn.send(message)
+
+    def websocket_event(self, conn: Any, event: Any) -> None:
+        pass
+
+    def websocket_disconnect(self, conn: Any, code: int) -> None:
+        self.disconnected.set()
+
+
+def test_a_closed_connection_is_freed_at_once_not_when_its_timers_would_have_fired() -> None:
+    """Memory under churn: a connection's pending deadlines (handshake, ping) do not keep it alive."""
+    app = ForgetfulApp()
+    deadlines = dict.fromkeys(("handshake_timeout", "ping_interval", "close_timeout", "linger_timeout"), 60.0)
+    with running_server(app, **deadlines) as server:
+        with connect(ws_url(server, "/")) as client:
+            client.send("hello")
+            assert client.recv(timeout=TIMEOUT) == "hello"
+        assert app.disconnected.wait(TIMEOUT)
+        gc.collect()
+        # Long before any of its deadlines: freed once closed and forgotten.
+        assert app.freed.wait(TIMEOUT)
