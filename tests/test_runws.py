@@ -8,10 +8,12 @@ a socket, a process exit), never on the clock alone.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import http.client
 import io
 import os
+import platform
 import queue
 import re
 import shutil
@@ -41,6 +43,8 @@ EXAMPLE = REPOSITORY / "example_project"
 
 # Generous bounds: they only matter when something is broken.
 START_TIMEOUT = 30.0
+#: The tgkill(2) system call's number, by machine (Python has no wrapper).
+SYS_TGKILL = {"x86_64": 234, "aarch64": 131}.get(platform.machine())
 EXIT_TIMEOUT = 30.0
 
 
@@ -413,6 +417,28 @@ def test_sigterm_closes_every_client_with_1001_and_exits_0(start_runws: Any) -> 
         assert client.assert_closed(1001) == 1001
     assert process.wait() == 0
     assert "Shutting down: closing 3 connection(s) with 1001" in "".join(process.stdout)
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or SYS_TGKILL is None,
+    reason="aims the signal at one thread with Linux's tgkill (x86_64 and aarch64)",
+)
+def test_sigterm_taken_by_a_thread_other_than_the_main_one_still_stops_the_server(start_runws: Any) -> None:
+    """The kernel may hand a process's SIGTERM to any thread (the I/O thread, a worker):
+    the main thread, blocked waiting for it, must still wake and shut down."""
+    port = free_port()
+    process = start_runws(f"127.0.0.1:{port}", "--noreload")
+    url = process.wait_until_serving()
+    pid = process.process.pid
+    with WebSocketTestClient(f"{url}/ws/echo/") as client:
+        client.send("before")
+        assert client.receive() == "before"
+        other_threads = sorted(int(tid) for tid in os.listdir(f"/proc/{pid}/task") if int(tid) != pid)
+        assert other_threads, "runws runs server threads besides the main one"
+        libc = ctypes.CDLL(None, use_errno=True)
+        assert libc.syscall(SYS_TGKILL, pid, other_threads[-1], signal.SIGTERM) == 0, ctypes.get_errno()
+        client.assert_closed(1001)
+    assert process.wait() == 0
 
 
 def test_ctrl_c_closes_clients_with_1001_and_exits_0(start_runws: Any) -> None:

@@ -35,6 +35,7 @@ import errno
 import logging
 import os
 import re
+import select
 import signal
 import socket
 import ssl
@@ -194,6 +195,31 @@ class _SignalHandlers:
         for signum in (signal.SIGTERM, signal.SIGINT):
             self.previous[signum] = signal.signal(signum, self._first)
         return self
+
+    def wait(self) -> None:
+        """Block the main thread until the first signal has been handled.
+
+        Not ``received.wait()``: the kernel may hand a process's signal to
+        any of its threads, and CPython then runs the Python handler in the
+        main thread only once that thread runs again, which a thread blocked
+        on a lock never does. The wakeup fd is written by the C-level handler
+        in whichever thread took the signal, so this select() always returns.
+        """
+        reader, writer = socket.socketpair()
+        reader.setblocking(False)
+        writer.setblocking(False)
+        previous = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+        try:
+            while not self.received.is_set():
+                select.select([reader], [], [])
+                try:
+                    reader.recv(64)
+                except BlockingIOError:
+                    pass
+        finally:
+            signal.set_wakeup_fd(previous)
+            reader.close()
+            writer.close()
 
     def stopping(self) -> None:
         """The shutdown began: from now on, only a second Ctrl-C does something."""
@@ -405,7 +431,7 @@ class Command(BaseCommand):
         try:
             try:
                 self.inner_run(None, **options)
-                signals.received.wait()
+                signals.wait()
             except BaseException:
                 self.shutdown(CloseCode.GOING_AWAY)
                 raise
