@@ -15,9 +15,10 @@ worker threads (see :mod:`django_rawws.server.core`). For a handshake it:
 6. builds the consumer, enforces ``login_required`` / ``permission_required``
    (403) and calls ``connect()``.
 
-Every handler call (handshake, message, group event, disconnect) runs in the
-connection's own :class:`contextvars.Context`, starting with translation,
-timezone, urlconf and script prefix reset, between two
+Every handler call (handshake, message, group event, disconnect) runs in a
+:class:`contextvars.Context` of its own, as Django runs each request of an
+ASGI server: nothing a call activates (a language, a time zone, a urlconf)
+reaches the next one, between two
 ``close_old_connections()`` (Django does the same around a request), and
 with the consumer method inside ``transaction.atomic`` for each database with
 ``ATOMIC_REQUESTS``. A consumer exception is logged on
@@ -46,14 +47,14 @@ from urllib.parse import urlsplit
 
 from django.apps import apps
 from django.conf import settings
+from django.core.cache import caches
 from django.core.exceptions import BadRequest as DjangoBadRequest
 from django.core.exceptions import DisallowedHost, PermissionDenied, SuspiciousOperation
 from django.core.handlers.wsgi import WSGIRequest
 from django.core.signals import got_request_exception
 from django.db import close_old_connections, connections, transaction
 from django.http import Http404
-from django.urls import set_script_prefix, set_urlconf
-from django.utils import timezone, translation
+from django.urls import set_script_prefix
 from django.utils.functional import SimpleLazyObject
 from django.utils.http import is_same_domain
 from django.utils.module_loading import import_string
@@ -81,11 +82,9 @@ _DEFAULT_PORTS = {"http": 80, "ws": 80, "https": 443, "wss": 443}
 class _ConnectionState:
     """What the Django side keeps per connection (in ``conn.app_state``)."""
 
-    __slots__ = ("connect_called", "consumer", "context", "disconnected", "failed_code", "request")
+    __slots__ = ("connect_called", "consumer", "disconnected", "failed_code", "request")
 
     def __init__(self) -> None:
-        # An empty context: nothing set by an earlier connection on this worker leaks in.
-        self.context = contextvars.Context()
         self.request: WSGIRequest | None = None
         self.consumer: WebSocketConsumer | None = None
         self.connect_called = False
@@ -171,7 +170,7 @@ class DjangoApplication:
     def websocket_handshake(self, conn: Any, handshake: Any) -> None:
         state = _ConnectionState()
         conn.app_state = state
-        state.context.run(self._handshake, conn, handshake, state)
+        _fresh_context().run(self._handshake, conn, handshake, state)
 
     def websocket_message(self, conn: Any, message: str | bytes) -> None:
         state: _ConnectionState | None = conn.app_state
@@ -180,9 +179,9 @@ class DjangoApplication:
             return
         assert state is not None
         if isinstance(message, str):
-            state.context.run(self._call, conn, state, consumer.receive, (), {"text": message})
+            _fresh_context().run(self._call, conn, state, consumer.receive, (), {"text": message})
         else:
-            state.context.run(self._call, conn, state, consumer.receive, (), {"bytes": message})
+            _fresh_context().run(self._call, conn, state, consumer.receive, (), {"bytes": message})
 
     def websocket_event(self, conn: Any, event: Any) -> None:
         state: _ConnectionState | None = conn.app_state
@@ -196,7 +195,7 @@ class DjangoApplication:
             return
         handler = consumer.get_event_handler(event)
         if handler is not None:
-            state.context.run(self._call, conn, state, handler, (event,), {})
+            _fresh_context().run(self._call, conn, state, handler, (event,), {})
 
     def websocket_disconnect(self, conn: Any, code: int) -> None:
         state: _ConnectionState | None = conn.app_state
@@ -216,7 +215,7 @@ class DjangoApplication:
         if consumer is not None and state.connect_called:
             if state.failed_code is not None:
                 code = state.failed_code
-            state.context.run(self._call, conn, state, consumer.disconnect, (code,), {}, True)
+            _fresh_context().run(self._call, conn, state, consumer.disconnect, (code,), {}, True)
 
     def close_old_connections(self) -> None:
         """Database hygiene before and after every handler call, as Django does around a request.
@@ -252,7 +251,6 @@ class DjangoApplication:
         return consumer
 
     def _handshake(self, conn: Any, handshake: Any, state: _ConnectionState) -> None:
-        _begin_call()
         scope = auth.begin_handler_call()
         self.close_old_connections()
         try:
@@ -308,7 +306,6 @@ class DjangoApplication:
         disconnecting: bool = False,
     ) -> None:
         """One handler call after the handshake, wrapped like a request."""
-        _begin_call()
         scope = auth.begin_handler_call()
         self.close_old_connections()
         try:
@@ -470,10 +467,9 @@ class DjangoApplication:
         Not consumer code: a failure (the database down during a re-check)
         is logged and the connection kept; the next re-check tries again.
         """
-        state.context.run(self._internal, function, args)
+        _fresh_context().run(self._internal, function, args)
 
     def _internal(self, function: Callable[..., Any], args: tuple[Any, ...]) -> None:
-        _begin_call()
         self.close_old_connections()
         try:
             function(*args)
@@ -483,12 +479,39 @@ class DjangoApplication:
             self.close_old_connections()
 
 
-def _begin_call() -> None:
-    """Start a handler call like a fresh request: nothing left from the previous one."""
-    translation.deactivate()
-    timezone.deactivate()
-    set_urlconf(None)
-    set_script_prefix(settings.FORCE_SCRIPT_NAME or "/")
+#: Per worker thread: a clean context for each script prefix, copied for every call.
+_clean_contexts = threading.local()
+
+
+def _fresh_context() -> contextvars.Context:
+    """A context for one handler call, as Django gives each request of an ASGI server.
+
+    A copy of this thread's clean context (O(1)), so nothing a call
+    activates (a language, a time zone, a urlconf) reaches the next one. The
+    clean context has the script prefix set and the configured caches
+    opened, so cache clients (and their connection pools) last per worker
+    thread, as under WSGI, instead of being opened again by every call.
+    Per thread, because asgiref's ``Local`` behind those Django settings
+    ignores values set on another thread.
+    """
+    prefix = settings.FORCE_SCRIPT_NAME or "/"
+    by_prefix: dict[str, contextvars.Context] | None = getattr(_clean_contexts, "by_prefix", None)
+    if by_prefix is None:
+        by_prefix = _clean_contexts.by_prefix = {}
+    clean = by_prefix.get(prefix)
+    if clean is None:
+        clean = by_prefix[prefix] = contextvars.Context()
+        clean.run(_prepare_clean_context, prefix)
+    return clean.copy()
+
+
+def _prepare_clean_context(prefix: str) -> None:
+    set_script_prefix(prefix)
+    for alias in settings.CACHES:
+        try:
+            caches[alias]
+        except Exception:  # noqa: BLE001 - a broken cache fails where it is used, with its own error
+            logger.debug("cache %r could not be opened ahead of the handler calls", alias, exc_info=True)
 
 
 def _atomic_requests(method: Callable[..., Any]) -> contextlib.AbstractContextManager[Any]:

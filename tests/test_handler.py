@@ -602,7 +602,7 @@ class TestContextIsolation:
             second.send("get")
             assert json.loads(second.recv(timeout=TIMEOUT))["timezone"] == django_settings.TIME_ZONE
 
-    def test_a_context_variable_lives_in_its_connection_only(self):
+    def test_a_context_variable_set_in_a_call_lasts_for_that_call_only(self):
         with (
             running_server(workers=1) as server,
             connect(ws_url(server, "/ws/lang/")) as first,
@@ -613,7 +613,19 @@ class TestContextIsolation:
             second.send("get")
             assert json.loads(second.recv(timeout=TIMEOUT))["favourite"] == "unset"
             first.send("get")
-            assert json.loads(first.recv(timeout=TIMEOUT))["favourite"] == "tea"
+            assert json.loads(first.recv(timeout=TIMEOUT))["favourite"] == "unset"
+
+    def test_a_worker_keeps_its_cache_client_from_call_to_call_as_under_wsgi(self):
+        with (
+            running_server(workers=1) as server,
+            connect(ws_url(server, "/ws/lang/")) as first,
+            connect(ws_url(server, "/ws/lang/")) as second,
+        ):
+            seen = []
+            for ws in (first, second, first):
+                ws.send("get")
+                seen.append(json.loads(ws.recv(timeout=TIMEOUT))["cache"])
+        assert len(set(seen)) == 1, seen
 
 
 @pytest.mark.django_db(transaction=True)

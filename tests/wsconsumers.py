@@ -12,6 +12,7 @@ import threading
 from typing import Any
 
 from django.contrib.auth import get_user_model
+from django.core.cache import caches
 from django.core.exceptions import PermissionDenied
 from django.db import connection, transaction
 from django.utils import timezone, translation
@@ -248,6 +249,7 @@ class LanguageConsumer(WebSocketConsumer):
                     "timezone": timezone.get_current_timezone_name(),
                     "favourite": favourite.get(),
                     "thread": threading.current_thread().name,
+                    "cache": id(caches["default"]),
                 }
             )
         )
