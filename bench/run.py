@@ -3,8 +3,10 @@
 Run from the repository root (``cd bench && npm ci`` once; the harness runs it
 itself when ``bench/node_modules`` is missing)::
 
-    python bench/run.py [--quick] [--servers rawws,runws,runws-redis,websockets]
-                        [--scenarios echo-small,idle,fanout,fanout-redis,soak]
+    python bench/run.py [--quick] [--servers rawws,runws,runws-redis,websockets,
+                                   websockets-threaded,channels,node-ws]
+                        [--scenarios echo-small,echo-large,idle,idle-deflate,churn,
+                                     fanout,backpressure,fanout-redis,soak,chat-orm]
                         [--repeat N] [--quiet-wait SECONDS] [--duration SECONDS]
                         [--extra-server NAME=COMMAND] [--profile]
 
@@ -17,6 +19,10 @@ interleaved (rep 1: A B C, rep 2: B C A, ...) so that a noisy moment of the
 machine hurts them alike; the table shows medians with their min-max range
 and the ratio of our median to the reference peer's (``websockets`` asyncio).
 Server CPU time, memory and threads come from ``/proc/<pid>`` (Linux only).
+The other peers, shown beside it without ratios: ``websockets-threaded``
+(websockets' ``sync`` server, a thread per connection), ``channels`` (Django
+Channels on Daphne, sync consumers, the default in-memory channel layer; needs
+``bench/requirements.txt``) and ``node-ws`` (Node's ``ws`` server).
 
 A run that fails (a server that does not start, a client that times out) is
 recorded with its error and the benchmark goes on. Correctness problems
@@ -28,11 +34,35 @@ two ``runws`` processes sharing groups through Redis (``RAWWS_BENCH_REDIS_URL``,
 default ``redis://127.0.0.1:6379/0``, keys under ``rawws-bench-<pid>``), one
 sender on the first, the receivers alternating between both.
 
+``echo-large`` echoes 4 MiB binary messages twice on one server process: with
+the all-zero masking key (which a server may skip unmasking for) and with
+random keys, as browsers mask. ``idle-deflate`` is ``idle`` with
+permessage-deflate offered as Chrome offers it, and counts the connections
+that negotiated it. ``churn`` times whole connect, echo, close-handshake
+cycles. ``backpressure`` runs a 64 KiB fan-out to 100 receivers alone, then
+beside 10 receivers that stop reading, sampling the server's VmRSS and its
+side of their sockets in ``/proc/net/tcp`` (when it let go of them) every
+0.1 s; it reports the healthy receivers' p99 with over without (issue 6:
+at most 1.25x).
+
 ``soak`` runs only when ``--scenarios`` names it, on ours only, once by
 default: steady echo traffic plus connection churn for ``--duration`` seconds
 (180, ``--quick`` 30) while the server's VmRSS, threads and open fds are
 sampled every second; it reports their growth from the end of warm-up to the
 end and flags 5% or more.
+
+``chat-orm`` runs only when ``--scenarios`` names it, on ``runws-chat`` and
+``channels-chat`` only (and those servers only there), and needs PostgreSQL
+(``RAWWS_BENCH_PG_HOST``/``_PORT``/``_USER``/``_PASSWORD``, default
+``127.0.0.1:5432`` as ``postgres``; database ``RAWWS_BENCH_PG_DB``, default
+``rawws_bench``, created and migrated at each server start by
+``servers/chat_orm_launch.py``). 200 clients in 10 rooms send chat messages
+open loop at 250, 500, 1000 then 2000 msg/s; each server saves every message
+with the ORM and sends it to its room (ours: an event ``push``; Channels: the
+tutorial's sync consumer on the in-memory layer). Per rate: delivered % and
+p50/p99; stepping stops at the first rate not held (100% delivered, p99
+under 100 ms). The harness empties the table first, counts the rows after,
+and samples the database's connections in ``pg_stat_activity`` every 0.1 s.
 
 Outputs: a markdown table on stdout and everything, raw client reports
 included, in ``bench/results/<timestamp>.json`` (gitignored). ``--profile``
@@ -140,6 +170,71 @@ def _runws_redis_unavailable() -> str | None:
     return None
 
 
+def _channels_unavailable() -> str | None:
+    """Why the servers' interpreter (the default one: .venv's, else this one) cannot import Channels and Daphne."""
+    venv_python = ROOT / ".venv" / "bin" / "python"
+    python = str(venv_python) if venv_python.exists() else sys.executable
+    probe = subprocess.run(
+        [python, "-c", "import channels, daphne"], capture_output=True, text=True, timeout=60, check=False
+    )
+    if probe.returncode != 0:
+        last_line = (probe.stderr.strip().splitlines() or ["?"])[-1]
+        return f"{python} cannot import channels and daphne ({last_line}); pip install -r bench/requirements.txt"
+    return None
+
+
+def _node_ws_unavailable() -> str | None:
+    if shutil.which("node") is None:
+        return "no `node` on PATH"
+    if not (BENCH / "node_modules" / "ws").exists():
+        return "bench/node_modules/ws is missing (run `npm ci` in bench/)"
+    return None
+
+
+#: PostgreSQL of the chat-orm scenario; its servers' settings read the same variables.
+CHAT_PG = {
+    "host": os.environ.get("RAWWS_BENCH_PG_HOST", "127.0.0.1"),
+    "port": os.environ.get("RAWWS_BENCH_PG_PORT", "5432"),
+    "user": os.environ.get("RAWWS_BENCH_PG_USER", "postgres"),
+    "password": os.environ.get("RAWWS_BENCH_PG_PASSWORD", ""),
+}
+#: The database both chat-orm servers use (created by servers/chat_orm_launch.py).
+CHAT_DB = os.environ.get("RAWWS_BENCH_PG_DB", "rawws_bench")
+#: The table of benchchat.models.Message.
+CHAT_TABLE = "benchchat_message"
+
+
+def _pg_connect(dbname: str) -> Any:
+    """An autocommit psycopg connection; ``postgres`` is the maintenance database, never counted."""
+    import psycopg
+
+    return psycopg.connect(dbname=dbname, autocommit=True, connect_timeout=5, **CHAT_PG)
+
+
+@functools.cache
+def _chat_unavailable() -> str | None:
+    """Why the harness cannot reach PostgreSQL, which it watches and reads in chat-orm."""
+    try:
+        import psycopg
+    except ImportError:
+        return f"this Python ({sys.executable}) cannot import psycopg, which the harness needs for PostgreSQL"
+    try:
+        with _pg_connect("postgres"):
+            pass
+    except psycopg.Error as exc:
+        return f"no PostgreSQL at {CHAT_PG['host']}:{CHAT_PG['port']} as {CHAT_PG['user']} ({exc})"
+    return None
+
+
+def _chat_server(settings: str, server: Callable[[str, int], list[str]]) -> Callable[[str, int], list[str]]:
+    """The command of a chat-orm server: migrate (creating the database if missing), then exec it."""
+
+    def command(python: str, port: int) -> list[str]:
+        return [python, str(SERVERS / "chat_orm_launch.py"), settings, *server(python, port)]
+
+    return command
+
+
 SERVER_SPECS = [
     ServerSpec(
         "rawws",
@@ -193,6 +288,57 @@ SERVER_SPECS = [
         "websockets asyncio",
         ours=False,
         command=lambda python, port: [python, str(SERVERS / "websockets_asyncio.py"), "--port", str(port)],
+    ),
+    ServerSpec(
+        "websockets-threaded",
+        "websockets threaded",
+        ours=False,
+        command=lambda python, port: [python, str(SERVERS / "websockets_threaded.py"), "--port", str(port)],
+    ),
+    ServerSpec(
+        "channels",
+        "Channels + Daphne (in-memory layer)",
+        ours=False,
+        command=lambda python, port: [python, str(SERVERS / "channels_daphne.py"), "--port", str(port)],
+        unavailable=_channels_unavailable,
+    ),
+    ServerSpec(
+        "node-ws",
+        "Node ws",
+        ours=False,
+        command=lambda python, port: ["node", str(SERVERS / "node_ws.mjs"), "--port", str(port)],
+        unavailable=_node_ws_unavailable,
+    ),
+    ServerSpec(
+        "runws-chat",
+        "rawws runws, chat on PostgreSQL",
+        ours=True,
+        command=_chat_server(
+            "bench_chat_settings",
+            lambda python, port: [python, "-m", "django", "runws", "--noreload", f"{HOST}:{port}"],
+        ),
+        unavailable=_chat_unavailable,
+        only_scenarios=("chat-orm",),
+    ),
+    ServerSpec(
+        "channels-chat",
+        "Channels + Daphne, chat on PostgreSQL",
+        ours=False,
+        command=_chat_server(
+            "bench_chat_channels_settings",
+            lambda python, port: [
+                python,
+                "-m",
+                "daphne",
+                "-b",
+                HOST,
+                "-p",
+                str(port),
+                "benchchat.asgi:application",
+            ],
+        ),
+        unavailable=lambda: _chat_unavailable() or _channels_unavailable(),
+        only_scenarios=("chat-orm",),
     ),
 ]
 
@@ -465,10 +611,17 @@ def scenario_echo(ctx: RunContext) -> tuple[dict[str, Any], list[str], dict[str,
 
 
 def scenario_idle(ctx: RunContext) -> tuple[dict[str, Any], list[str], dict[str, Any]]:
+    """Connections held open; with ``deflate`` they offer permessage-deflate as browsers do."""
     p = ctx.params
+    deflate = p.get("deflate", False)
     time.sleep(0.5)
     before = ctx.server.status()
-    cfg = {"url": ctx.server.url + "/ws/echo/", "connections": p["connections"], "probe": p["probe"]}
+    cfg = {
+        "url": ctx.server.url + "/ws/echo/",
+        "connections": p["connections"],
+        "probe": p["probe"],
+        "deflate": deflate,
+    }
     client = ctx.client("idle.mjs", cfg)
     try:
         opened = client.expect("opened", p["timeout_s"])
@@ -487,8 +640,14 @@ def scenario_idle(ctx: RunContext) -> tuple[dict[str, Any], list[str], dict[str,
         "threads_after": after["threads"],
         "probe_ok": done["probe_ok"],
         "open_per_s": done["open_per_s"],
+        "deflate_negotiated": done.get("deflate_negotiated"),
     }
     problems = []
+    if deflate and done.get("deflate_negotiated", 0) < count:
+        problems.append(
+            f"permessage-deflate negotiated on {done.get('deflate_negotiated', 0)} of {count} connections; "
+            f"accepted parameters: {done.get('deflate_params')}"
+        )
     if count < p["connections"]:
         problems.append(f"opened {count} of {p['connections']}: {done['errors']}")
     if done["probe_ok"] < done["probe_sent"]:
@@ -697,6 +856,481 @@ def scenario_soak(ctx: RunContext) -> tuple[dict[str, Any], list[str], dict[str,
     return metrics, problems, {"ready": ready, "done": done, "warm": warm, "end": end, "samples": samples}
 
 
+def _client_run(
+    ctx: RunContext,
+    script: str,
+    cfg: dict[str, Any],
+    timeout_s: float,
+    label: str,
+) -> tuple[dict[str, Any], dict[str, Any], float, float]:
+    """One client through "ready" and "done": (ready, done, server CPU-s, machine busy CPU-s).
+
+    CPU figures cover the timed phase only (go to "done"). ``label`` names
+    the client's log, for scenarios that run several clients against one server.
+    """
+    client = Client(script, cfg, ctx.logdir / f"{ctx.tag}.{label}.client.log")
+    try:
+        ready = client.expect("ready", 120)
+        cpu0, busy0 = ctx.server.cpu_seconds(), machine_busy_seconds()
+        client.go()
+        done = client.expect("done", timeout_s)
+        cpu1, busy1 = ctx.server.cpu_seconds(), machine_busy_seconds()
+    finally:
+        client.close()
+    return ready, done, cpu1 - cpu0, busy1 - busy0
+
+
+#: The two ways echo-large's client masks its frames: all-zero key, ws's random keys.
+ECHO_LARGE_MASKS = ("zero", "random")
+
+
+def scenario_echo_large(ctx: RunContext) -> tuple[dict[str, Any], list[str], dict[str, Any]]:
+    """Large binary round trips, once with the all-zero masking key and once with random keys.
+
+    Both runs use the same server process, zero first; each client warms up
+    on its own. MB/s counts payload bytes echoed (each once, though they
+    cross the loopback both ways), MB = 10^6 bytes.
+    """
+    p = ctx.params
+    metrics: dict[str, Any] = {}
+    problems: list[str] = []
+    raw: dict[str, Any] = {}
+    others = 0.0
+    for mask in ECHO_LARGE_MASKS:
+        cfg = {
+            "url": ctx.server.url + "/ws/echo/",
+            "clients": p["clients"],
+            "rounds": p["rounds"],
+            "warmup": p["warmup"],
+            "size": p["size"],
+            "binary": True,
+            "mask": mask,
+        }
+        ready, done, server_cpu, busy = _client_run(ctx, "echo.mjs", cfg, p["timeout_s"], f"mask-{mask}")
+        elapsed = done["elapsed_s"]
+        client_cpu = done["client_cpu_s"]["total"]
+        megabytes = done["messages"] * p["size"] / 1e6
+        metrics.update(
+            {
+                f"{mask}_mb_per_s": megabytes / elapsed,
+                f"{mask}_mb_per_cpu_s": megabytes / server_cpu if server_cpu > 0 else None,
+                f"{mask}_p50_ms": (done.get("latency_ms") or {}).get("p50"),
+                f"{mask}_server_cores": server_cpu / elapsed,
+                f"{mask}_client_cores": client_cpu / elapsed,
+            }
+        )
+        others = max(others, max(0.0, busy - server_cpu - client_cpu) / elapsed)
+        if ready["connected"] < p["clients"]:
+            problems.append(
+                f"{mask} mask: {p['clients'] - ready['connected']} clients did not connect: {ready['errors']}"
+            )
+        if done["messages"] < done["expected"]:
+            problems.append(f"{mask} mask: {done['expected'] - done['messages']} round trips missing")
+        if done["mismatched"]:
+            problems.append(f"{mask} mask: {done['mismatched']} echoes differ from what was sent")
+        raw[mask] = {"ready": ready, "done": done, "server_cpu_s": server_cpu}
+    metrics["others_cores"] = others
+    return metrics, problems, raw
+
+
+def scenario_churn(ctx: RunContext) -> tuple[dict[str, Any], list[str], dict[str, Any]]:
+    """Short-lived connections: open, one echo, close handshake started by the client."""
+    p = ctx.params
+    cfg = {
+        "url": ctx.server.url + "/ws/echo/",
+        "cycles": p["cycles"],
+        "workers": p["workers"],
+        "size": p["size"],
+        "warmup": p["warmup"],
+    }
+    ready, done, server_cpu, busy = _client_run(ctx, "churn.mjs", cfg, p["timeout_s"], "churn")
+    elapsed = done["elapsed_s"]
+    client_cpu = done["client_cpu_s"]["total"]
+    completed = done["completed"]
+    metrics = {
+        "per_s": done["per_s"],
+        "failed": done["failed"],
+        **_latency(done),
+        "server_cpu_ms_per_conn": 1000 * server_cpu / completed if completed else None,
+        "server_cores": server_cpu / elapsed,
+        "client_cores": client_cpu / elapsed,
+        "others_cores": max(0.0, busy - server_cpu - client_cpu) / elapsed,
+    }
+    problems = []
+    if done["failed"]:
+        problems.append(f"{done['failed']} of {done['cycles']} cycles failed: {done['errors']}")
+    if ready["warmup_failed"]:
+        problems.append(f"{ready['warmup_failed']} warm-up cycles failed: {ready['warmup_errors']}")
+    return metrics, problems, {"ready": ready, "done": done, "server_cpu_s": server_cpu}
+
+
+#: /proc/net/tcp state of an established connection.
+TCP_ESTABLISHED = "01"
+#: The issue's bound on the healthy receivers' p99 with frozen receivers beside them.
+BACKPRESSURE_P99_TARGET = 1.25
+
+
+def _loopback_connections(server_port: int) -> dict[int, dict[str, Any]]:
+    """IPv4 TCP connections to ``server_port``, by client port: each side's state and queue.
+
+    ``server_tx`` is what the server's kernel holds unacknowledged (sent or
+    not), ``client_rx`` what the client's kernel received and nobody read.
+    A side missing from the table has no socket any more.
+    """
+    connections: dict[int, dict[str, Any]] = collections.defaultdict(dict)
+    with open("/proc/net/tcp") as table:
+        next(table)
+        for line in table:
+            fields = line.split()
+            local_port = int(fields[1].rpartition(":")[2], 16)
+            remote_port = int(fields[2].rpartition(":")[2], 16)
+            tx_queue, _, rx_queue = fields[4].partition(":")
+            if local_port == server_port and remote_port:
+                connections[remote_port].update(server_state=fields[3], server_tx=int(tx_queue, 16))
+            elif remote_port == server_port:
+                connections[local_port].update(client_state=fields[3], client_rx=int(rx_queue, 16))
+    return connections
+
+
+class _BackpressureWatch:
+    """A thread sampling the server's VmRSS and its side of the frozen receivers' sockets.
+
+    A frozen receiver counts as dropped at the first sample where the
+    server's socket for it has left ESTABLISHED (closing with data still
+    queued: FIN_WAIT1; or gone): the moment the server let go of it, which
+    a client that reads nothing could not see. Time 0 is the go of the
+    sending phase.
+    """
+
+    def __init__(self, server: ServerProcess, interval_s: float) -> None:
+        self.server = server
+        self.interval_s = interval_s
+        self.frozen_ports: list[int] = []
+        self.rss_kib: list[int] = []
+        #: client port -> seconds from the go until the server let go of it
+        self.dropped_at: dict[int, float] = {}
+        #: client port -> most bytes the two kernels held for it at once
+        self.kernel_peak: dict[int, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="backpressure-watch", daemon=True)
+        self._t0 = 0.0
+
+    def start(self, ready: dict[str, Any]) -> None:
+        self.frozen_ports = list(ready.get("frozen_ports") or [])
+        self._t0 = time.monotonic()
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.rss_kib.append(self.server.status()["rss_kib"])
+                # Read in every run, frozen receivers or not, so both runs pay the same.
+                table = _loopback_connections(self.server.port)
+            except OSError:
+                return  # the server went away; the client will say so
+            now = time.monotonic() - self._t0
+            for port in self.frozen_ports:
+                if port in self.dropped_at:
+                    continue
+                sides = table.get(port, {})
+                if sides.get("server_state") != TCP_ESTABLISHED:
+                    self.dropped_at[port] = now
+                    continue
+                held = sides.get("server_tx", 0) + sides.get("client_rx", 0)
+                self.kernel_peak[port] = max(self.kernel_peak.get(port, 0), held)
+            self._stop.wait(self.interval_s)
+
+
+def scenario_backpressure(ctx: RunContext) -> tuple[dict[str, Any], list[str], dict[str, Any]]:
+    """The fan-out with large texts, first with every receiver reading, then beside frozen ones.
+
+    Both runs on one server process, the healthy one first so that what the
+    frozen run makes the server hold shows in its RSS peak. A frozen
+    receiver's socket is paused by the client after the handshake; a
+    sampler reads the server's VmRSS and /proc/net/tcp every ``sample_s``.
+    """
+    p = ctx.params
+    base_cfg = {
+        "url": ctx.server.url + "/ws/broadcast/",
+        "receivers": p["receivers"],
+        "messages": p["messages"],
+        "rate": p["rate"],
+        "size": p["size"],
+        "drain_timeout_s": p["drain_timeout_s"],
+        "resume_s": p["resume_s"],
+        # Stop watching before the frozen ones read again (and before the client closes them).
+        "drained_barrier": True,
+    }
+    send_timeout = p["messages"] / p["rate"] + p["drain_timeout_s"] + 30
+    metrics: dict[str, Any] = {"others_cores": 0.0}
+    problems: list[str] = []
+    raw: dict[str, Any] = {}
+    rss_start = ctx.server.status()["rss_kib"]
+    watches: dict[str, _BackpressureWatch] = {}
+    for run_name, frozen in (("free", 0), ("frozen", p["frozen"])):
+        watch = watches[run_name] = _BackpressureWatch(ctx.server, p["sample_s"])
+        client = Client(
+            "fanout.mjs", {**base_cfg, "frozen": frozen}, ctx.logdir / f"{ctx.tag}.{run_name}.client.log"
+        )
+        try:
+            ready = client.expect("ready", 120)
+            watch.start(ready)
+            cpu0, busy0 = ctx.server.cpu_seconds(), machine_busy_seconds()
+            client.go()
+            client.expect("drained", send_timeout)
+            cpu1, busy1 = ctx.server.cpu_seconds(), machine_busy_seconds()
+            watch.stop()
+            client.go()
+            done = client.expect("done", p["resume_s"] + 30)
+        finally:
+            watch.stop()
+            client.close()
+        server_cpu = cpu1 - cpu0
+        client_cpu = done["client_cpu_s"]["total"]
+        metrics.update(
+            {
+                f"{run_name}_delivered_pct": done["delivered_pct"],
+                **_latency(done, f"{run_name}_"),
+                f"{run_name}_rss_peak_mib": max(watch.rss_kib, default=0) / 1024 or None,
+                f"{run_name}_server_cpu_s": server_cpu,
+                f"{run_name}_client_cpu_s": client_cpu,
+            }
+        )
+        others = max(0.0, busy1 - busy0 - server_cpu - client_cpu) / done["elapsed_s"]
+        metrics["others_cores"] = max(metrics["others_cores"], others)
+        if ready["connected"] < p["receivers"]:
+            problems.append(
+                f"{run_name}: {p['receivers'] - ready['connected']} receivers did not connect: {ready['errors']}"
+            )
+        for key in ("missing", "duplicates", "reordered", "foreign"):
+            if done[key]:
+                problems.append(f"{run_name}: {done[key]} {key} deliveries to the reading receivers")
+        raw[run_name] = {
+            "ready": ready,
+            "done": done,
+            "server_cpu_s": server_cpu,
+            "rss_kib": watch.rss_kib,
+            "dropped_at_s": watch.dropped_at,
+            "kernel_peak_bytes": watch.kernel_peak,
+        }
+    frozen_watch = watches["frozen"]
+    frozen_count = len(frozen_watch.frozen_ports)
+    drops = sorted(frozen_watch.dropped_at.values())
+    free_p99, frozen_p99 = metrics.get("free_p99_ms"), metrics.get("frozen_p99_ms")
+    p99_ratio = frozen_p99 / free_p99 if free_p99 and frozen_p99 is not None else None
+    metrics.update(
+        {
+            "p99_ratio": p99_ratio,
+            "frozen_dropped": len(drops),
+            "dropped_after_s": statistics.median(drops) if drops else None,
+            "last_dropped_after_s": drops[-1] if drops else None,
+            "kernel_held_kib": max(frozen_watch.kernel_peak.values(), default=0) / 1024 or None,
+            "rss_start_mib": rss_start / 1024,
+        }
+    )
+    if p99_ratio is not None and p99_ratio > BACKPRESSURE_P99_TARGET:
+        problems.append(
+            f"p99 with frozen receivers is {p99_ratio:.2f}× the p99 without, "
+            f"over the {BACKPRESSURE_P99_TARGET}× target ({frozen_p99:.1f} ms vs {free_p99:.1f} ms)"
+        )
+    if frozen_count < p["frozen"]:
+        problems.append(f"only {frozen_count} of {p['frozen']} frozen receivers connected")
+    frozen_done = raw["frozen"]["done"]
+    codes = frozen_done.get("frozen_close_codes") or {}
+    if drops and set(codes) - {"1008"}:
+        # The server says why it drops a reader with a 1008 close frame; see whether it got there.
+        problems.append(
+            f"reading again, the frozen receivers saw close codes {codes} (1008 expected from a dropped one) "
+            f"after {frozen_done['frozen_received_after_resume']} messages"
+        )
+    if len(drops) < frozen_count:
+        problems.append(
+            f"{frozen_count - len(drops)} of {frozen_count} frozen receivers never dropped by the server; "
+            f"reading again, they got {frozen_done['frozen_received_after_resume']} messages"
+            f" and {frozen_done['frozen_open_at_end']} were still open {p['resume_s']} s later"
+        )
+    return metrics, problems, raw
+
+
+#: The offered rates of chat-orm, in messages per second, tried in this order.
+CHAT_RATES = (250, 500, 1000, 2000)
+
+
+class _PgConnectionWatch:
+    """Counts the chat database's backends in ``pg_stat_activity`` every ``interval`` seconds.
+
+    Its own connection is to the maintenance database, so it never counts
+    itself. ``take_window_peak`` gives the peak since its previous call (one
+    rate step), ``peak`` the peak of the whole run.
+    """
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self.peak = 0
+        self.samples = 0
+        self.error: str | None = None
+        self._window_peak = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="pg-watch", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        query = "SELECT count(*) FROM pg_stat_activity WHERE datname = %s"
+        try:
+            with _pg_connect("postgres") as conn:
+                while not self._stop.is_set():
+                    (count,) = conn.execute(query, [CHAT_DB]).fetchone()
+                    with self._lock:
+                        self.samples += 1
+                        self.peak = max(self.peak, count)
+                        self._window_peak = max(self._window_peak, count)
+                    self._stop.wait(self.interval)
+        except Exception as exc:  # noqa: BLE001 - reported with the run, never fatal
+            self.error = f"{type(exc).__name__}: {exc}"
+
+    def take_window_peak(self) -> int:
+        with self._lock:
+            peak, self._window_peak = self._window_peak, 0
+        return peak
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+def _chat_connections() -> int:
+    """The chat database's backends now (from the maintenance database, so not counting this one)."""
+    with _pg_connect("postgres") as conn:
+        query = "SELECT count(*) FROM pg_stat_activity WHERE datname = %s"
+        return conn.execute(query, [CHAT_DB]).fetchone()[0]
+
+
+def _chat_rows() -> int:
+    with _pg_connect(CHAT_DB) as conn:
+        return conn.execute(f"SELECT count(*) FROM {CHAT_TABLE}").fetchone()[0]
+
+
+def _chat_rows_settled(sent: int, timeout: float) -> int:
+    """The table's row count once it reaches ``sent`` or stops growing for a second (bounded)."""
+    deadline = time.monotonic() + timeout
+    rows, since = _chat_rows(), time.monotonic()
+    while rows < sent and time.monotonic() < deadline and time.monotonic() - since < 1.0:
+        time.sleep(0.2)
+        now_rows = _chat_rows()
+        if now_rows != rows:
+            rows, since = now_rows, time.monotonic()
+    return rows
+
+
+def scenario_chat_orm(ctx: RunContext) -> tuple[dict[str, Any], list[str], dict[str, Any]]:
+    """Open-loop chat through the ORM: offered rates stepped up until one is not held.
+
+    The server has migrated before listening; the table is emptied here, so
+    the rows counted after the run are this run's. PostgreSQL's connections
+    to the bench database are sampled from a thread of the harness.
+    """
+    p = ctx.params
+    with _pg_connect(CHAT_DB) as conn:
+        conn.execute(f"TRUNCATE {CHAT_TABLE} RESTART IDENTITY")
+    step_timeout = p["step_s"] + p["drain_s"] + 30
+    cfg = {
+        "url": ctx.server.url + "/ws/chat/",
+        "clients": p["clients"],
+        "rooms": p["rooms"],
+        "rates": list(p["rates"]),
+        "step_s": p["step_s"],
+        "drain_s": p["drain_s"],
+        "p99_limit_ms": p["p99_limit_ms"],
+        "size": p["size"],
+        "deadline_s": 60 + step_timeout * len(p["rates"]),
+    }
+    client = ctx.client("chat.mjs", cfg)
+    watch = _PgConnectionWatch(p["pg_poll_s"])
+    steps: list[dict[str, Any]] = []
+    try:
+        ready = client.expect("ready", 60)
+        pg_at_ready = _chat_connections()
+        watch.start()
+        cpu0, busy0, t0 = ctx.server.cpu_seconds(), machine_busy_seconds(), time.monotonic()
+        cpu_mark = cpu0
+        client.go()
+        for _ in p["rates"]:
+            step = client.expect("step", step_timeout)
+            cpu = ctx.server.cpu_seconds()
+            step["server_cores"] = (cpu - cpu_mark) / step["elapsed_s"]
+            step["pg_connections_peak"] = watch.take_window_peak()
+            cpu_mark = cpu
+            steps.append(step)
+            client.go()
+            if not step["more"]:
+                break
+        done = client.expect("done", 30)
+        cpu1, busy1, elapsed = ctx.server.cpu_seconds(), machine_busy_seconds(), time.monotonic() - t0
+    finally:
+        watch.stop()
+        client.close()
+    for step, final in zip(steps, done["steps"]):
+        step["late"] = final["late"]  # counted until the end of the run
+    saved = _chat_rows_settled(done["sent"], timeout=15)
+    server_cpu, client_cpu = cpu1 - cpu0, done["client_cpu_s"]["total"]
+    held = [s["rate"] for s in steps if s["held"]]
+    metrics: dict[str, Any] = {
+        "held_rate": max(held, default=0),
+        "pg_connections_peak": watch.peak,
+        "sent": done["sent"],
+        "saved": saved,
+        "server_cpu_s": server_cpu,
+        "client_cpu_s": client_cpu,
+        "others_cores": max(0.0, busy1 - busy0 - server_cpu - client_cpu) / elapsed,
+    }
+    for step in steps:
+        metrics[f"r{step['rate']}_delivered_pct"] = step["delivered_pct"]
+        metrics[f"r{step['rate']}_p50_ms"] = step["latency_ms"]["p50"]
+        metrics[f"r{step['rate']}_p99_ms"] = step["latency_ms"]["p99"]
+    problems = []
+    if ready["connected"] < p["clients"]:
+        problems.append(f"{p['clients'] - ready['connected']} clients did not connect: {ready['errors']}")
+    for step in steps:
+        if not step["held"]:
+            problems.append(
+                f"not held at {step['rate']} msg/s: {step['delivered_pct']:.2f}% delivered within the drain "
+                f"({step['late']} late), p99 {step['latency_ms']['p99'] or 0:,.0f} ms; higher rates not tried"
+            )
+        for key in ("duplicates", "misrouted", "send_skipped"):
+            if step[key]:
+                problems.append(f"{step[key]} {key.replace('_', ' ')} at {step['rate']} msg/s")
+    if done["foreign"]:
+        problems.append(f"{done['foreign']} messages that were not sent by the client")
+    if done["closed_early"]:
+        problems.append(f"{done['closed_early']} connections closed by the server during the run")
+    if saved != done["sent"]:
+        problems.append(f"{saved} rows saved for {done['sent']} messages sent")
+    if watch.error:
+        problems.append(f"watching pg_stat_activity failed: {watch.error}")
+    if pg_at_ready:
+        problems.append(
+            f"{pg_at_ready} connections to {CHAT_DB} were open before the first message (counted in the peak): "
+            "the server's handshakes, or another process"
+        )
+    raw = {
+        "ready": ready,
+        "steps": steps,
+        "done": done,
+        "saved": saved,
+        "pg_connections_at_ready": pg_at_ready,
+        "pg_samples": watch.samples,
+    }
+    return metrics, problems, raw
+
+
 @dataclass(frozen=True)
 class Scenario:
     name: str
@@ -725,6 +1359,16 @@ LATENCY = [
     Metric("p99_ms", "latency p99 (ms)", "{:,.2f}", "lower"),
 ]
 
+IDLE_METRICS = [
+    Metric("opened", "opened", better="higher"),
+    Metric("kib_per_conn", "RSS per connection (KiB)", "{:.1f}", "lower"),
+    Metric("rss_after_mib", "RSS with all open (MiB)", "{:.0f}", "lower"),
+    Metric("threads_before", "threads before"),
+    Metric("threads_after", "threads after"),
+    Metric("probe_ok", "probes echoed", better="higher"),
+    Metric("open_per_s", "opened per second (client-paced)", better="higher"),
+]
+
 SCENARIOS = [
     Scenario(
         "echo-small",
@@ -745,15 +1389,7 @@ SCENARIOS = [
         "idle",
         "idle: {connections:,} connections to /ws/echo/, then {probe} random ones echo",
         scenario_idle,
-        [
-            Metric("opened", "opened", better="higher"),
-            Metric("kib_per_conn", "RSS per connection (KiB)", "{:.1f}", "lower"),
-            Metric("rss_after_mib", "RSS with all open (MiB)", "{:.0f}", "lower"),
-            Metric("threads_before", "threads before"),
-            Metric("threads_after", "threads after"),
-            Metric("probe_ok", "probes echoed", better="higher"),
-            Metric("open_per_s", "opened per second (client-paced)", better="higher"),
-        ],
+        IDLE_METRICS,
         {"connections": 10_000, "probe": 100, "settle_s": 1.0, "timeout_s": 180},
         quick={"connections": 2_000},
     ),
@@ -794,6 +1430,97 @@ SCENARIOS = [
         servers=("runws-redis",),
     ),
     Scenario(
+        "echo-large",
+        "echo-large: {clients} clients × {rounds} round trips of a {size:,}-byte binary message, "
+        "all-zero masking key then random keys; MB/s = payload bytes echoed per second, MB = 10^6",
+        scenario_echo_large,
+        [
+            Metric("zero_mb_per_s", "MB/s echoed, zero mask", "{:,.1f}", "higher"),
+            Metric("random_mb_per_s", "MB/s echoed, random masks", "{:,.1f}", "higher"),
+            Metric("zero_mb_per_cpu_s", "MB per server CPU-second, zero mask", "{:,.1f}", "higher"),
+            Metric("random_mb_per_cpu_s", "MB per server CPU-second, random masks", "{:,.1f}", "higher"),
+            Metric("zero_p50_ms", "round trip p50 (ms), zero mask", "{:,.1f}", "lower"),
+            Metric("random_p50_ms", "round trip p50 (ms), random masks", "{:,.1f}", "lower"),
+            Metric("zero_server_cores", "server CPU (cores), zero mask", "{:.2f}"),
+            Metric("random_server_cores", "server CPU (cores), random masks", "{:.2f}"),
+            Metric("zero_client_cores", "client CPU (cores), zero mask", "{:.2f}"),
+            Metric("random_client_cores", "client CPU (cores), random masks", "{:.2f}"),
+            Metric("others_cores", "other processes' CPU (cores, busier run)", "{:.2f}"),
+        ],
+        # Already small: --quick runs it as it is.
+        {"clients": 4, "rounds": 10, "warmup": 1, "size": 4 << 20, "timeout_s": 300},
+    ),
+    Scenario(
+        "idle-deflate",
+        "idle-deflate: {connections:,} connections to /ws/echo/ offering permessage-deflate as Chrome does "
+        "(`permessage-deflate; client_max_window_bits`), then {probe} random ones echo",
+        scenario_idle,
+        [
+            Metric("deflate_negotiated", "permessage-deflate negotiated"),
+            *IDLE_METRICS,
+        ],
+        {"connections": 10_000, "probe": 100, "settle_s": 1.0, "timeout_s": 180, "deflate": True},
+        quick={"connections": 2_000},
+    ),
+    Scenario(
+        "churn",
+        "churn: {cycles:,} cycles of connect, one {size}-byte echo, close handshake started by the client, "
+        "from {workers} concurrent workers; latency = the whole cycle, until the TCP connection has closed",
+        scenario_churn,
+        [
+            Metric("per_s", "connections per second", better="higher"),
+            Metric("failed", "failed cycles", better="lower"),
+            Metric("p50_ms", "cycle p50 (ms)", "{:,.2f}", "lower"),
+            Metric("p99_ms", "cycle p99 (ms)", "{:,.2f}", "lower"),
+            Metric("server_cpu_ms_per_conn", "server CPU per connection (ms)", "{:.2f}", "lower"),
+            Metric("server_cores", "server CPU (cores)", "{:.2f}"),
+            Metric("client_cores", "client CPU (cores)", "{:.2f}"),
+            Metric("others_cores", "other processes' CPU (cores)", "{:.2f}"),
+        ],
+        {"cycles": 2000, "workers": 8, "size": 32, "warmup": 100, "timeout_s": 300},
+        quick={"cycles": 1000},
+    ),
+    Scenario(
+        "backpressure",
+        "backpressure: fan-out of {size:,}-byte texts at {rate} msg/s for {messages} messages to {receivers} "
+        "reading receivers (not fanout's 1000: at this size that is more than 2 cores carry), "
+        'alone ("free"), then beside {frozen} receivers that stop reading ("frozen")',
+        scenario_backpressure,
+        [
+            Metric("free_delivered_pct", "delivered (%), free", "{:.2f}", "higher"),
+            Metric("frozen_delivered_pct", "delivered (%) to the reading ones, frozen", "{:.2f}", "higher"),
+            Metric("free_p50_ms", "latency p50 (ms), free", "{:,.2f}", "lower"),
+            Metric("frozen_p50_ms", "latency p50 (ms), frozen", "{:,.2f}", "lower"),
+            Metric("free_p99_ms", "latency p99 (ms), free", "{:,.2f}", "lower"),
+            Metric("frozen_p99_ms", "latency p99 (ms), frozen", "{:,.2f}", "lower"),
+            Metric("p99_ratio", "p99 frozen / free (target ≤ 1.25)", "{:.2f}", "lower"),
+            Metric("frozen_dropped", "frozen receivers dropped by the server"),
+            Metric("dropped_after_s", "dropped after (s from the first message), median", "{:.1f}"),
+            Metric("last_dropped_after_s", "last dropped after (s)", "{:.1f}"),
+            Metric("kernel_held_kib", "kernel buffers held for one frozen receiver, most (KiB)", "{:,.0f}"),
+            Metric("rss_start_mib", "server RSS at start (MiB)", "{:.1f}"),
+            Metric("free_rss_peak_mib", "server RSS peak (MiB), free", "{:.1f}", "lower"),
+            Metric("frozen_rss_peak_mib", "server RSS peak (MiB), frozen", "{:.1f}", "lower"),
+            Metric("free_server_cpu_s", "server CPU (s), free", "{:.2f}", "lower"),
+            Metric("frozen_server_cpu_s", "server CPU (s), frozen", "{:.2f}", "lower"),
+            Metric("free_client_cpu_s", "client CPU (s), free", "{:.2f}"),
+            Metric("frozen_client_cpu_s", "client CPU (s), frozen", "{:.2f}"),
+            Metric("others_cores", "other processes' CPU (cores, busier run)", "{:.2f}"),
+        ],
+        {
+            "receivers": 100,
+            "frozen": 10,
+            "messages": 300,
+            "rate": 20,
+            "size": 64 << 10,
+            "drain_timeout_s": 15,
+            "resume_s": 3,
+            "sample_s": 0.1,
+        },
+        # No smaller --quick size: the frozen receivers' backlog must pass the
+        # kernel buffers (about 4 MB on loopback) plus a 4 MiB server bound.
+    ),
+    Scenario(
         "soak",
         "soak: {connections} connections echoing every {interval_ms} ms plus {churn_per_s} connections/s "
         "churned, for {duration_s} s; growth from the end of warm-up (first {warmup_frac:.0%}) to the end",
@@ -827,6 +1554,45 @@ SCENARIOS = [
         repeat=1,
         # Ours only: the question is whether our server leaks, not a comparison.
         servers=("rawws", "runws"),
+        by_default=False,
+    ),
+    Scenario(
+        "chat-orm",
+        "chat-orm: {clients} clients in {rooms} rooms; each message saved with the ORM on PostgreSQL, then "
+        "sent to its room; open loop at {rates} msg/s, {step_s} s each, until a rate is not held "
+        "(100% delivered within a {drain_s} s drain and p99 < {p99_limit_ms} ms)",
+        scenario_chat_orm,
+        [
+            Metric("held_rate", "highest rate held (msg/s)", better="higher"),
+            Metric("pg_connections_peak", "PostgreSQL connections, peak"),
+            *(
+                metric
+                for rate in CHAT_RATES
+                for metric in (
+                    Metric(f"r{rate}_delivered_pct", f"{rate} msg/s: delivered (%)", "{:.2f}", "higher"),
+                    Metric(f"r{rate}_p50_ms", f"{rate} msg/s: latency p50 (ms)", "{:,.1f}", "lower"),
+                    Metric(f"r{rate}_p99_ms", f"{rate} msg/s: latency p99 (ms)", "{:,.1f}", "lower"),
+                )
+            ),
+            Metric("sent", "messages sent"),
+            Metric("saved", "rows saved"),
+            Metric("server_cpu_s", "server CPU (s)", "{:.1f}"),
+            Metric("client_cpu_s", "client CPU (s)", "{:.1f}"),
+            Metric("others_cores", "other processes' CPU, PostgreSQL included (cores)", "{:.2f}"),
+        ],
+        {
+            "clients": 200,
+            "rooms": 10,
+            "rates": list(CHAT_RATES),
+            "step_s": 5,
+            "drain_s": 3,
+            "p99_limit_ms": 100,
+            "size": 32,
+            "pg_poll_s": 0.1,
+        },
+        quick={"step_s": 2, "drain_s": 2},
+        servers=("runws-chat", "channels-chat"),
+        # Needs PostgreSQL, and takes about a minute per run.
         by_default=False,
     ),
 ]

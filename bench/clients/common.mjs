@@ -76,7 +76,12 @@ export function percentiles(samples, count) {
 
 // Open `count` connections with at most `inFlight` handshakes at once.
 // Resolves to {sockets, failed, errors}; sockets[i] is null when i failed.
-export async function openMany(url, count, { inFlight = 200, timeoutMs = 30000, onSocket = null } = {}) {
+// `wsOptions` go to ws's constructor over the defaults (no permessage-deflate).
+export async function openMany(
+  url,
+  count,
+  { inFlight = 200, timeoutMs = 30000, onSocket = null, wsOptions = {} } = {},
+) {
   const sockets = new Array(count).fill(null);
   const errors = {};
   let failed = 0;
@@ -84,7 +89,7 @@ export async function openMany(url, count, { inFlight = 200, timeoutMs = 30000, 
   const openOne = (index) =>
     new Promise((resolve) => {
       let settled = false;
-      const ws = new WebSocket(url, { perMessageDeflate: false, handshakeTimeout: timeoutMs });
+      const ws = new WebSocket(url, { perMessageDeflate: false, handshakeTimeout: timeoutMs, ...wsOptions });
       if (onSocket) onSocket(ws, index);
       const settle = (ok, reason) => {
         if (settled) return;

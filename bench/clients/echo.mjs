@@ -1,20 +1,33 @@
 // echo: `clients` connections, each doing `rounds` closed-loop round trips of
-// a `size`-byte text message; latency per round trip, content checked.
+// a `size`-byte message; latency per round trip, content checked.
+//
+// Options: `binary` sends `size` random bytes (a different payload per
+// connection) instead of text, compared byte for byte; `mask: "zero"` makes
+// every frame this client sends carry the all-zero masking key (ws then skips
+// masking; a server that notices can skip unmasking), "random" (the default)
+// keeps ws's random keys as browsers use.
 //
 // Phases: "ready" (connected and warmed up; the orchestrator reads the
 // server's CPU time) -> timed run -> "done" with the figures.
 
+import { randomFillSync } from "node:crypto";
 import { barrier, config, cpuSeconds, dropAll, emit, hardDeadline, nowMs, openMany, percentiles, run } from "./common.mjs";
 
 run(async () => {
   const cfg = config();
-  const { url, clients, rounds, warmup = 50, size = 32, deadline_s = 300 } = cfg;
+  const { url, clients, rounds, warmup = 50, size = 32, binary = false, mask = "random", deadline_s = 300 } = cfg;
+  if (mask !== "random" && mask !== "zero") throw new Error(`mask must be "random" or "zero", got ${mask}`);
   let state = { phase: "connecting", completed: 0 };
   hardDeadline(deadline_s, () => state);
 
-  const { sockets, failed, errors } = await openMany(url, clients, { inFlight: 50 });
+  const wsOptions = mask === "zero" ? { generateMask: (key) => key.fill(0) } : {};
+  const { sockets, failed, errors } = await openMany(url, clients, { inFlight: 50, wsOptions });
   const live = sockets.filter(Boolean);
-  const payloads = live.map((_, i) => `echo ${i} `.padEnd(size, "."));
+  const payloads = live.map((_, i) => (binary ? randomFillSync(Buffer.alloc(size)) : `echo ${i} `.padEnd(size, ".")));
+  // ws masks a copy of a Buffer it is given, so `payload` stays what was sent.
+  const differs = binary
+    ? (data, isBinary, payload) => !isBinary || !payload.equals(data)
+    : (data, isBinary, payload) => isBinary || data.toString() !== payload;
 
   // Closed loop on every connection: send, wait for the echo, send again.
   // Resolves with the count of round trips done; records latencies.
@@ -29,7 +42,7 @@ run(async () => {
       };
       const onMessage = (data, isBinary) => {
         const now = nowMs();
-        if (isBinary || data.toString() !== payload) stats.mismatched += 1;
+        if (differs(data, isBinary, payload)) stats.mismatched += 1;
         if (samples) samples[offset + done] = now - sentAt;
         done += 1;
         state.completed += 1;

@@ -6,14 +6,26 @@
 // latency is "time of the receive callback - time of the send call"; it
 // includes this event loop's own delay, reported as client CPU.
 //
+// `frozen` more connections join the broadcast and then stop reading (their
+// socket is paused, so the kernel buffers fill and the server has to hold or
+// drop what it sends them); their local ports go with "ready" so that the
+// orchestrator can watch their server side in /proc/net/tcp. After the
+// drain they read again for up to `resume_s` seconds, to see what the server
+// left them: how many messages, and whether and how it closed them. Node
+// cannot shrink a TCP socket's receive buffer, so theirs is the kernel's
+// default (tcp_rmem), which autotuning does not grow while nothing is read.
+// `drained_barrier: true` stops at a "drained" barrier before that, so that
+// the orchestrator stops watching before the frozen ones move again.
+//
 // Phases: "ready" (all connected; the orchestrator reads the server's CPU)
-// -> send and drain -> "done".
+// -> send and drain (-> "drained" -> frozen ones resume) -> "done".
 
 import { barrier, config, cpuSeconds, dropAll, emit, hardDeadline, nowMs, openMany, percentiles, run } from "./common.mjs";
 
 run(async () => {
   const cfg = config();
   const { url, receivers, messages, rate, size = 32, drain_timeout_s = 15, deadline_s = 300 } = cfg;
+  const { frozen = 0, resume_s = 3, drained_barrier = false } = cfg;
   const state = { phase: "connecting" };
   hardDeadline(deadline_s, () => state);
 
@@ -31,7 +43,8 @@ run(async () => {
   const listen = (ws, r) => {
     ws.on("message", (data, isBinary) => {
       const now = nowMs();
-      const seq = isBinary ? NaN : parseInt(data.toString(), 10);
+      // The sequence number leads the text; decode no more than its digits.
+      const seq = isBinary ? NaN : parseInt(data.toString("latin1", 0, Math.min(data.length, 16)), 10);
       if (!(seq >= 0 && seq < messages) || sentAt[seq] < 0) {
         foreign += 1;
         return;
@@ -50,11 +63,25 @@ run(async () => {
   };
 
   const opened = await openMany(url, receivers, { inFlight: 100, onSocket: listen });
+  const stalled = await openMany(url, frozen, { inFlight: 100 });
+  const frozenSockets = stalled.sockets.filter(Boolean);
+  const frozenClosedWhilePaused = [];
+  for (const frozenWs of frozenSockets) {
+    frozenWs._socket.pause();
+    frozenWs.once("close", (code) => frozenClosedWhilePaused.push(code));
+  }
   const sender = await openMany(url, 1);
   const ws = sender.sockets[0];
   if (!ws) throw new Error(`the sender could not connect: ${JSON.stringify(sender.errors)}`);
   const connected = opened.sockets.filter(Boolean).length;
-  await barrier("ready", { connected, failed: opened.failed, errors: opened.errors });
+  await barrier("ready", {
+    connected,
+    failed: opened.failed,
+    errors: opened.errors,
+    frozen_connected: frozenSockets.length,
+    frozen_failed: stalled.failed,
+    frozen_ports: frozenSockets.map((frozenWs) => frozenWs._socket.localPort),
+  });
 
   state.phase = "sending";
   const drained = new Promise((resolve) => (allDelivered = resolve));
@@ -76,6 +103,30 @@ run(async () => {
   const elapsed = (nowMs() - t0) / 1000;
   const cpu = cpuSeconds(cpu0);
   const delivered = count;
+  if (drained_barrier) await barrier("drained", { delivered, elapsed_s: elapsed });
+
+  // The frozen ones read again: what did the server leave them?
+  state.phase = "resuming";
+  const closedWhilePaused = frozenClosedWhilePaused.length;
+  const frozenCloseCodes = {};
+  let frozenReceived = 0;
+  let frozenOpen = frozenSockets.length - closedWhilePaused;
+  let allClosed = null;
+  const closedOrTimeout = new Promise((resolve) => {
+    allClosed = resolve;
+    setTimeout(resolve, frozenOpen > 0 ? resume_s * 1000 : 0);
+  });
+  for (const frozenWs of frozenSockets) {
+    if (frozenWs.readyState === frozenWs.CLOSED) continue;
+    frozenWs.on("message", () => (frozenReceived += 1));
+    frozenWs.once("close", (code) => {
+      frozenCloseCodes[code] = (frozenCloseCodes[code] ?? 0) + 1;
+      frozenOpen -= 1;
+      if (frozenOpen === 0) allClosed();
+    });
+    frozenWs._socket.resume();
+  }
+  await closedOrTimeout;
   emit("done", {
     connected,
     failed: opened.failed,
@@ -92,7 +143,13 @@ run(async () => {
     elapsed_s: elapsed,
     latency_ms: percentiles(samples, count),
     client_cpu_s: cpu,
+    frozen: frozenSockets.length,
+    frozen_closed_while_paused: closedWhilePaused,
+    frozen_received_after_resume: frozenReceived,
+    frozen_close_codes: frozenCloseCodes,
+    frozen_open_at_end: frozenOpen,
   });
   dropAll(opened.sockets);
+  dropAll(frozenSockets);
   ws.terminate();
 });
