@@ -96,6 +96,4 @@ RAWWS = {
     # The WebSocket routes; limits per route are consumer attributes (see
     # chat/consumers.py: the echo route takes messages up to 16 MiB).
     "URLCONF": "chat.wsurls",
-    # Room for a 16 MiB echo waiting for a client that reads slowly.
-    "MAX_OUTGOING_BUFFER": 32 << 20,
 }
