@@ -324,19 +324,14 @@ SERVER_SPECS = [
         "channels-chat",
         "Channels + Daphne, chat on PostgreSQL",
         ours=False,
+        # Daphne through the same launcher as the channels peer: it leaves
+        # once Daphne stops instead of waiting for a consumer thread stuck
+        # in a send to the stopped event loop.
         command=_chat_server(
             "bench_chat_channels_settings",
-            lambda python, port: [
-                python,
-                "-m",
-                "daphne",
-                "-b",
-                HOST,
-                "-p",
-                str(port),
-                "benchchat.asgi:application",
-            ],
+            lambda python, port: [python, str(SERVERS / "channels_daphne.py"), "--port", str(port)],
         ),
+        env=lambda: {"RAWWS_BENCH_ASGI_APP": "benchchat.asgi:application"},
         unavailable=lambda: _chat_unavailable() or _channels_unavailable(),
         only_scenarios=("chat-orm",),
     ),

@@ -9,6 +9,7 @@ client sends a message as one frame, so both must allow it. Daphne announces
 itself on stderr in its own words; this script adds the ``listening on``
 line the other bench servers print once the port is bound, and leaves
 without Python's thread joins once Daphne has stopped (see the end of main).
+``RAWWS_BENCH_ASGI_APP`` names another application (the chat-orm server's).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def main() -> None:
             str(MAX_MESSAGE_SIZE),
             "--websocket-max-frame-size",
             str(MAX_MESSAGE_SIZE),
-            "channels_project.asgi:application",
+            os.environ.get("RAWWS_BENCH_ASGI_APP", "channels_project.asgi:application"),
         ]
     )
     # Daphne has stopped and dropped every connection, but a consumer caught
