@@ -228,6 +228,14 @@ class DjangoApplication:
         """
         close_old_connections()
 
+    def worker_start(self) -> None:
+        """A worker thread starts: the slow-handler watchdog runs from now until the workers exit.
+
+        Started with the server rather than by the first call, so a running
+        server's thread count never changes with its traffic.
+        """
+        self.watchdog.start(for_server=True)
+
     def worker_exit(self) -> None:
         """A worker thread stops: give its database connections back (and stop the watchdog if idle)."""
         connections.close_all()
@@ -891,9 +899,11 @@ class SlowCallWatchdog:
     """Warns, with the stack, about a handler call running longer than a threshold.
 
     One thread watches every call: starting a call costs a dict store and an
-    uncontended lock, not a timer thread. The thread starts with the first
-    call, and stops when the server's workers exit (:meth:`stop`, from
-    ``worker_exit``) or after ``idle_exit`` seconds without calls.
+    uncontended lock, not a timer thread. A server starts it with its workers
+    (``worker_start``) and stops it when they exit (:meth:`stop`, from
+    ``worker_exit``). Without a server (the in-process communicator) it
+    starts with the first call and exits after ``idle_exit`` seconds
+    without calls.
     """
 
     #: Seconds without calls after which the thread exits (a new call restarts it).
@@ -906,6 +916,24 @@ class SlowCallWatchdog:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stop_event: threading.Event | None = None
+        #: Started by a server: no idle exit.
+        self._for_server = False
+
+    def start(self, *, for_server: bool = False) -> None:
+        """Run the thread if it is not running (idempotent)."""
+        with self._lock:
+            if for_server:
+                self._for_server = True
+            self._start_locked()
+
+    def _start_locked(self) -> None:
+        if self._thread is None:
+            stop_event = threading.Event()
+            self._stop_event = stop_event
+            self._thread = threading.Thread(
+                target=self._watch, args=(stop_event,), name="rawws-slow-handler-watchdog", daemon=True
+            )
+            self._thread.start()
 
     def begin(self, describe: Callable[[], str], threshold: float | None) -> int | None:
         """A call starts on this thread; return the token for :meth:`end`."""
@@ -915,13 +943,7 @@ class SlowCallWatchdog:
         self._calls[ident] = [time.monotonic(), threshold, describe, False]
         # Under the lock, so the thread cannot decide to exit between the store and this check.
         with self._lock:
-            if self._thread is None:
-                stop_event = threading.Event()
-                self._stop_event = stop_event
-                self._thread = threading.Thread(
-                    target=self._watch, args=(stop_event,), name="rawws-slow-handler-watchdog", daemon=True
-                )
-                self._thread.start()
+            self._start_locked()
         return ident
 
     def end(self, token: int | None) -> None:
@@ -935,6 +957,7 @@ class SlowCallWatchdog:
             if thread is None or stop_event is None or self._calls:
                 return
             self._thread = self._stop_event = None
+            self._for_server = False
             stop_event.set()
         if thread is not threading.current_thread():
             thread.join(timeout)
@@ -946,9 +969,9 @@ class SlowCallWatchdog:
             now = time.monotonic()
             if calls:
                 idle_since = now
-            elif now - idle_since >= self.idle_exit:
+            elif now - idle_since >= self.idle_exit and not self._for_server:
                 with self._lock:
-                    if not self._calls and self._stop_event is stop_event:
+                    if not self._calls and self._stop_event is stop_event and not self._for_server:
                         self._thread = self._stop_event = None
                         return
             interval = self.max_interval

@@ -763,6 +763,20 @@ class TestSlowHandlers:
         assert handler._watchdog._thread is None
         assert "rawws-slow-handler-watchdog" not in [thread.name for thread in threading.enumerate()]
 
+    def test_a_running_servers_threads_do_not_change_with_its_traffic(self):
+        """The watchdog starts with the workers, not with the first call: a thread count is a constant."""
+
+        def names() -> list[str]:
+            return sorted(thread.name for thread in threading.enumerate() if thread.name.startswith("rawws-"))
+
+        with rawws(SLOW_HANDLER_WARNING=5), running_server() as server:
+            before = names()
+            assert "rawws-slow-handler-watchdog" in before
+            with connect(ws_url(server, "/ws/echo/")) as ws:
+                ws.send("x")
+                assert ws.recv(timeout=TIMEOUT) == "x"
+                assert names() == before
+
     def test_a_disabled_threshold_costs_nothing(self):
         watchdog = SlowCallWatchdog()
         assert watchdog.begin(lambda: "x", None) is None

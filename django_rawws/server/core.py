@@ -80,7 +80,11 @@ class Server:
         self.port = port
         self.config = config or ServerConfig()
         self.poller = Poller()
-        self.pool = WorkerPool(self.config.workers, on_thread_exit=getattr(app, "worker_exit", None))
+        self.pool = WorkerPool(
+            self.config.workers,
+            on_thread_start=getattr(app, "worker_start", None),
+            on_thread_exit=getattr(app, "worker_exit", None),
+        )
         # Plain HTTP requests (not upgrades) run in a pool of their own, so a
         # slow view never delays WebSocket events.
         self.serves_http = self.config.http_workers > 0 and hasattr(app, "http_request")

@@ -27,12 +27,14 @@ class WorkerPool:
         size: int,
         *,
         name: str = "rawws-worker",
+        on_thread_start: Callable[[], None] | None = None,
         on_thread_exit: Callable[[], None] | None = None,
     ) -> None:
         if size < 1:
             raise ValueError("a worker pool needs at least one thread")
         self.size = size
         self._name = name
+        self._on_thread_start = on_thread_start
         self._on_thread_exit = on_thread_exit
         self._tasks: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
@@ -47,11 +49,19 @@ class WorkerPool:
         # per task it takes (deque appends and pops are atomic).
         self._queued: collections.deque[float] = collections.deque()
 
-    def start(self) -> None:
+    def start(self, timeout: float = 10.0) -> None:
+        """Start the threads; return once each has run ``on_thread_start`` (or ``timeout``)."""
+        ready = threading.Semaphore(0)
         for index in range(self.size):
-            thread = threading.Thread(target=self._run, args=(index,), name=f"{self._name}-{index}", daemon=True)
+            thread = threading.Thread(
+                target=self._run, args=(index, ready), name=f"{self._name}-{index}", daemon=True
+            )
             thread.start()
             self._threads.append(thread)
+        deadline = time.monotonic() + timeout
+        for _ in range(self.size):
+            if not ready.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                break
 
     def submit(self, task: Callable[[], None]) -> None:
         with self._lock:
@@ -110,10 +120,16 @@ class WorkerPool:
             logger.error("worker threads still running at exit: %s", ", ".join(alive))
         return not alive
 
-    def _run(self, index: int) -> None:
+    def _run(self, index: int, ready: threading.Semaphore) -> None:
         tasks = self._tasks
         started = self._started
         try:
+            if self._on_thread_start is not None:
+                try:
+                    self._on_thread_start()
+                except Exception:
+                    logger.exception("error while a worker thread started")
+            ready.release()
             while True:
                 task = tasks.get()
                 if task is None:
