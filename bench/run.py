@@ -1716,10 +1716,17 @@ def environment(python: str) -> dict[str, Any]:
     for line in _command_output(["lscpu"]).splitlines():
         if line.startswith("Model name:"):
             model = line.split(":", 1)[1].strip()
+    # The peers' packages too, where installed (None when not).
     probe = (
-        "import json, sys, django, websockets; "
-        "print(json.dumps({'python': sys.version.split()[0], 'django': django.get_version(), "
-        "'websockets': websockets.__version__}))"
+        "import json, sys, importlib.metadata as m\n"
+        "def v(name):\n"
+        "    try:\n"
+        "        return m.version(name)\n"
+        "    except m.PackageNotFoundError:\n"
+        "        return None\n"
+        "print(json.dumps({'python': sys.version.split()[0], "
+        "**{name: v(name) for name in ('django', 'websockets', 'channels', 'daphne', 'twisted', 'asgiref', "
+        "'psycopg', 'redis')}}))"
     )
     try:
         versions = json.loads(_command_output([python, "-c", probe]) or "{}")
@@ -2017,7 +2024,7 @@ def main() -> None:
             indent=1,
         )
     )
-    versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items())
+    versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v is not None)
     print(
         f"Machine: {env['cpus']} × {env['cpu_model']}, {env['memory_gib']} GiB, Linux {env['kernel']}; {versions}; django_rawws {env['django_rawws']}"
     )
