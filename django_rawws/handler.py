@@ -644,6 +644,9 @@ def _split_address(address: Any) -> tuple[str, str]:
 
 
 def _local_address(conn: Any) -> tuple[str, str]:
+    known = getattr(getattr(conn, "server", None), "connection_local_address", None)
+    if known is not None:
+        return _split_address(known)
     sock = getattr(conn, "sock", None)
     try:
         return _split_address(sock.getsockname()) if sock is not None else ("localhost", "")
