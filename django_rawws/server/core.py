@@ -13,6 +13,7 @@ The application is any object with these methods, all called on workers::
     websocket_message(conn, text_or_bytes)
     websocket_event(conn, event)           # what conn.deliver_event() queued
     websocket_disconnect(conn, code)       # exactly once per handshake call
+    worker_start()                         # optional: in each worker thread as it starts
     worker_exit()                          # in each worker thread as it stops
 
 and, optionally, on a pool of its own for plain HTTP (not upgrades)::
