@@ -54,6 +54,12 @@ _HTTP_QUEUE_PER_WORKER = 8
 _ACCEPT_ERRNOS_FD = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
 
+#: How long a task may wait for the awake worker before another is woken
+#: (see :mod:`.workers`): short against a database call, long against a
+#: small message's handler.
+WAKE_DELAY = 0.001
+
+
 class Server:
     """Serve WebSockets for ``app`` on ``host:port`` (port 0 picks a free one).
 
@@ -83,6 +89,8 @@ class Server:
         self.poller = Poller()
         self.pool = WorkerPool(
             self.config.workers,
+            wake_delay=WAKE_DELAY,
+            on_delayed=self._wake_from_other_thread,
             on_thread_start=getattr(app, "worker_start", None),
             on_thread_exit=getattr(app, "worker_exit", None),
         )
@@ -326,6 +334,11 @@ class Server:
 
     # -------------------------------------------------------------- internals
 
+    def _wake_from_other_thread(self) -> None:
+        """Wake the I/O loop unless this is it (it looks at the pool before polling again)."""
+        if threading.current_thread() is not self._io_thread:
+            self._wake()
+
     def _wake(self) -> None:
         if not self._woken:
             self._woken = True
@@ -378,6 +391,7 @@ class Server:
         listen_fd = self._listener.fileno() if self._listener is not None else -1
         wake_fd = self._wake_r.fileno()
         connections = self._connections
+        pool = self.pool
         try:
             while self._running:
                 timeout = None
@@ -390,6 +404,10 @@ class Server:
                 if overload_check:
                     interval = self._overload_interval
                     timeout = interval if timeout is None else min(timeout, interval)
+                nudge_at = pool.next_nudge()
+                if nudge_at is not None:
+                    wait = max(0.0, nudge_at - time.monotonic())
+                    timeout = wait if timeout is None else min(timeout, wait)
                 for fd, events in poller.poll(timeout):
                     if fd == listen_fd:
                         self._accept()
@@ -407,6 +425,7 @@ class Server:
                 self._run_attention()
                 self._run_commands()
                 self._run_timers()
+                pool.nudge(time.monotonic())
                 if overload_check:
                     self._check_overload(time.monotonic())
                 if self._accept_paused_until and time.monotonic() >= self._accept_paused_until:
