@@ -70,6 +70,7 @@ class WorkerPool:
         self._sleepers: list[_Sleeper] = []
         self._pending = 0
         self._stopping = False
+        self._last_nudge = float("-inf")
         # When each worker's current task started (0.0: idle). One slot per
         # worker, written by that worker alone: no lock on the hot path.
         self._started = [0.0] * size
@@ -108,27 +109,32 @@ class WorkerPool:
             self._on_delayed()  # so that whoever calls nudge() looks again
 
     def nudge(self, now: float) -> None:
-        """Wake a sleeping worker if the oldest task has waited ``wake_delay`` (the I/O loop calls this)."""
-        backlog = self._backlog
-        if not backlog or not self._sleepers or self.wake_delay is None:
-            return
-        if now - backlog[0][0] < self.wake_delay:
+        """Wake a sleeping worker if the oldest task has waited ``wake_delay`` (the I/O loop calls this).
+
+        At most one per ``wake_delay``: while workers stay stuck, one more
+        joins every ``wake_delay``, not all of them at once.
+        """
+        due = self.next_nudge()
+        if due is None or now < due:
             return
         with self._lock:
             if not self._backlog or not self._sleepers:
                 return
             sleeper = self._sleepers.pop()
+            self._last_nudge = now
         sleeper.wake.release()
 
     def next_nudge(self) -> float | None:
         """When :meth:`nudge` may have something to do (monotonic time), or None."""
         backlog = self._backlog
-        if self.wake_delay is None or not backlog or not self._sleepers:
+        delay = self.wake_delay
+        if delay is None or not backlog or not self._sleepers:
             return None
         try:
-            return backlog[0][0] + self.wake_delay
+            oldest = backlog[0][0]
         except IndexError:
             return None
+        return max(oldest, self._last_nudge) + delay
 
     def queue_delay(self) -> float:
         """Seconds the oldest task still waiting for a worker has waited (0.0: none waits)."""

@@ -101,3 +101,30 @@ def test_stop_runs_the_backlog_then_every_thread_exits(pools: list[WorkerPool]) 
     assert pool.stop(TIMEOUT)
     assert sorted(ran) == list(range(50))
     assert not [thread for thread in threading.enumerate() if thread.name.startswith("rawws-test-worker")]
+
+
+def test_while_workers_stay_stuck_one_more_wakes_per_wake_delay_not_all_at_once(pools: list[WorkerPool]) -> None:
+    pool = start(pools, 4, wake_delay=10.0)
+    release = threading.Event()
+    entered = threading.Semaphore(0)
+
+    def block() -> None:
+        entered.release()
+        release.wait(TIMEOUT)
+
+    try:
+        for _ in range(4):
+            pool.submit(block)
+        assert entered.acquire(timeout=TIMEOUT)  # the first wakes a worker; the rest wait for it
+        assert pool.queued_count == 3
+        now = time.monotonic()
+        pool.nudge(now + 10.0)  # the oldest waited the delay: one more worker
+        assert entered.acquire(timeout=TIMEOUT)
+        pool.nudge(now + 10.0)  # no time passed since that nudge: nobody else
+        assert pool.queued_count == 2
+        pool.nudge(now + 20.0)  # another delay later: one more
+        assert entered.acquire(timeout=TIMEOUT)
+        assert pool.queued_count == 1
+    finally:
+        release.set()
+    assert pool.wait_idle(TIMEOUT)
