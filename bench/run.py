@@ -179,7 +179,9 @@ def _channels_unavailable() -> str | None:
     )
     if probe.returncode != 0:
         last_line = (probe.stderr.strip().splitlines() or ["?"])[-1]
-        return f"{python} cannot import channels and daphne ({last_line}); pip install -r bench/requirements.txt"
+        return (
+            f"{python} cannot import channels and daphne ({last_line}); pip install -r bench/requirements.txt"
+        )
     return None
 
 
@@ -562,6 +564,43 @@ def _latency(report: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     }
 
 
+def _others_cores(busy: float, server_cpu: float, client_cpu: float, elapsed: float) -> float:
+    """CPU the rest of the machine used meanwhile, in cores: 0 on a quiet machine."""
+    return max(0.0, busy - server_cpu - client_cpu) / elapsed
+
+
+def _delivery_problems(
+    p: dict[str, Any], ready: dict[str, Any], done: dict[str, Any], prefix: str = "", what: str = "deliveries"
+) -> list[str]:
+    """What a fan-out client saw go wrong: receivers that did not connect, lost or extra deliveries."""
+    problems = []
+    if ready["connected"] < p["receivers"]:
+        problems.append(
+            f"{prefix}{p['receivers'] - ready['connected']} receivers did not connect: {ready['errors']}"
+        )
+    for key in ("missing", "duplicates", "reordered", "foreign"):
+        if done[key]:
+            problems.append(f"{prefix}{done[key]} {key} {what}")
+    return problems
+
+
+def _fanout_figures(
+    p: dict[str, Any], ready: dict[str, Any], done: dict[str, Any], server_cpu: float, busy: float
+) -> tuple[dict[str, Any], list[str]]:
+    """The fan-out scenarios' metrics and problems, from the client's reports and the CPU around them."""
+    client_cpu = done["client_cpu_s"]["total"]
+    metrics = {
+        "delivered_pct": done["delivered_pct"],
+        "duplicates": done["duplicates"],
+        "reordered": done["reordered"],
+        **_latency(done),
+        "server_cpu_s": server_cpu,
+        "client_cpu_s": client_cpu,
+        "others_cores": _others_cores(busy, server_cpu, client_cpu, done["elapsed_s"]),
+    }
+    return metrics, _delivery_problems(p, ready, done)
+
+
 def scenario_echo(ctx: RunContext) -> tuple[dict[str, Any], list[str], dict[str, Any]]:
     p = ctx.params
     cfg = {
@@ -592,7 +631,7 @@ def scenario_echo(ctx: RunContext) -> tuple[dict[str, Any], list[str], dict[str,
         "server_cores": server_cpu / elapsed,
         "client_cores": done["client_cpu_s"]["total"] / elapsed,
         # Anything else running on the machine meanwhile (0 on a quiet machine).
-        "others_cores": max(0.0, busy1 - busy0 - server_cpu - done["client_cpu_s"]["total"]) / elapsed,
+        "others_cores": _others_cores(busy1 - busy0, server_cpu, done["client_cpu_s"]["total"], elapsed),
         "messages": done["messages"],
     }
     problems = []
@@ -673,22 +712,7 @@ def scenario_fanout(ctx: RunContext) -> tuple[dict[str, Any], list[str], dict[st
         cpu1, busy1 = ctx.server.cpu_seconds(), machine_busy_seconds()
     finally:
         client.close()
-    metrics = {
-        "delivered_pct": done["delivered_pct"],
-        "duplicates": done["duplicates"],
-        "reordered": done["reordered"],
-        **_latency(done),
-        "server_cpu_s": cpu1 - cpu0,
-        "client_cpu_s": done["client_cpu_s"]["total"],
-        "others_cores": max(0.0, busy1 - busy0 - (cpu1 - cpu0) - done["client_cpu_s"]["total"])
-        / done["elapsed_s"],
-    }
-    problems = []
-    if ready["connected"] < p["receivers"]:
-        problems.append(f"{p['receivers'] - ready['connected']} receivers did not connect: {ready['errors']}")
-    for key in ("missing", "duplicates", "reordered", "foreign"):
-        if done[key]:
-            problems.append(f"{done[key]} {key} deliveries")
+    metrics, problems = _fanout_figures(p, ready, done, cpu1 - cpu0, busy1 - busy0)
     return metrics, problems, {"ready": ready, "done": done}
 
 
@@ -726,22 +750,7 @@ def scenario_fanout_redis(ctx: RunContext) -> tuple[dict[str, Any], list[str], d
             client.close()
     finally:
         stop_second = second.stop(timeout=10.0)
-    metrics = {
-        "delivered_pct": done["delivered_pct"],
-        "duplicates": done["duplicates"],
-        "reordered": done["reordered"],
-        **_latency(done),
-        "server_cpu_s": cpu1 - cpu0,
-        "client_cpu_s": done["client_cpu_s"]["total"],
-        "others_cores": max(0.0, busy1 - busy0 - (cpu1 - cpu0) - done["client_cpu_s"]["total"])
-        / done["elapsed_s"],
-    }
-    problems = []
-    if ready["connected"] < p["receivers"]:
-        problems.append(f"{p['receivers'] - ready['connected']} receivers did not connect: {ready['errors']}")
-    for key in ("missing", "duplicates", "reordered", "foreign"):
-        if done[key]:
-            problems.append(f"{done[key]} {key} deliveries")
+    metrics, problems = _fanout_figures(p, ready, done, cpu1 - cpu0, busy1 - busy0)
     if stop_second.get("exit") == "killed":
         problems.append(f"the second server {stop_second['note']} (killed)")
     return metrics, problems, {"ready": ready, "done": done, "second_stop": stop_second}
@@ -914,7 +923,7 @@ def scenario_echo_large(ctx: RunContext) -> tuple[dict[str, Any], list[str], dic
                 f"{mask}_client_cores": client_cpu / elapsed,
             }
         )
-        others = max(others, max(0.0, busy - server_cpu - client_cpu) / elapsed)
+        others = max(others, _others_cores(busy, server_cpu, client_cpu, elapsed))
         if ready["connected"] < p["clients"]:
             problems.append(
                 f"{mask} mask: {p['clients'] - ready['connected']} clients did not connect: {ready['errors']}"
@@ -949,7 +958,7 @@ def scenario_churn(ctx: RunContext) -> tuple[dict[str, Any], list[str], dict[str
         "server_cpu_ms_per_conn": 1000 * server_cpu / completed if completed else None,
         "server_cores": server_cpu / elapsed,
         "client_cores": client_cpu / elapsed,
-        "others_cores": max(0.0, busy - server_cpu - client_cpu) / elapsed,
+        "others_cores": _others_cores(busy, server_cpu, client_cpu, elapsed),
     }
     problems = []
     if done["failed"]:
@@ -1096,15 +1105,11 @@ def scenario_backpressure(ctx: RunContext) -> tuple[dict[str, Any], list[str], d
                 f"{run_name}_client_cpu_s": client_cpu,
             }
         )
-        others = max(0.0, busy1 - busy0 - server_cpu - client_cpu) / done["elapsed_s"]
+        others = _others_cores(busy1 - busy0, server_cpu, client_cpu, done["elapsed_s"])
         metrics["others_cores"] = max(metrics["others_cores"], others)
-        if ready["connected"] < p["receivers"]:
-            problems.append(
-                f"{run_name}: {p['receivers'] - ready['connected']} receivers did not connect: {ready['errors']}"
-            )
-        for key in ("missing", "duplicates", "reordered", "foreign"):
-            if done[key]:
-                problems.append(f"{run_name}: {done[key]} {key} deliveries to the reading receivers")
+        problems += _delivery_problems(
+            p, ready, done, prefix=f"{run_name}: ", what="deliveries to the reading receivers"
+        )
         raw[run_name] = {
             "ready": ready,
             "done": done,
@@ -1284,7 +1289,7 @@ def scenario_chat_orm(ctx: RunContext) -> tuple[dict[str, Any], list[str], dict[
         "saved": saved,
         "server_cpu_s": server_cpu,
         "client_cpu_s": client_cpu,
-        "others_cores": max(0.0, busy1 - busy0 - server_cpu - client_cpu) / elapsed,
+        "others_cores": _others_cores(busy1 - busy0, server_cpu, client_cpu, elapsed),
     }
     for step in steps:
         metrics[f"r{step['rate']}_delivered_pct"] = step["delivered_pct"]
