@@ -425,7 +425,7 @@ class Server:
                 self._run_attention()
                 self._run_commands()
                 self._run_timers()
-                pool.nudge(time.monotonic())
+                pool.nudge()
                 if overload_check:
                     self._check_overload(time.monotonic())
                 if self._accept_paused_until and time.monotonic() >= self._accept_paused_until:

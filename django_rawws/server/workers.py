@@ -108,14 +108,19 @@ class WorkerPool:
         elif first and self._on_delayed is not None:
             self._on_delayed()  # so that whoever calls nudge() looks again
 
-    def nudge(self, now: float) -> None:
+    def nudge(self, now: float | None = None) -> None:
         """Wake a sleeping worker if the oldest task has waited ``wake_delay`` (the I/O loop calls this).
 
         At most one per ``wake_delay``: while workers stay stuck, one more
-        joins every ``wake_delay``, not all of them at once.
+        joins every ``wake_delay``, not all of them at once. ``now`` defaults
+        to the clock, read only when a task waits.
         """
         due = self.next_nudge()
-        if due is None or now < due:
+        if due is None:
+            return
+        if now is None:
+            now = time.monotonic()
+        if now < due:
             return
         with self._lock:
             if not self._backlog or not self._sleepers:
